@@ -1,0 +1,14 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+MaskFormer for detectron2. Importing this package registers the meta-architecture, heads,
+pixel decoders, backbone, dataset mappers and datasets into detectron2's registries.
+"""
+
+from . import d2_compat
+
+d2_compat.install()  # before anything imports detectron2
+
+from .config import add_mask_former_config  # noqa: E402
+
+__all__ = ["add_mask_former_config"]
+__version__ = "0.1.0"

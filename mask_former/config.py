@@ -1,0 +1,120 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""Config defaults of MaskFormer; call after ``detectron2.projects.deeplab.add_deeplab_config``."""
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_mask_former_config"]
+
+
+def add_mask_former_config(cfg: CN) -> None:
+    """
+    Add every MaskFormer config key with its default to ``cfg`` (in place). The groups below
+    follow the subtrees they extend; keys that only Mask2Former has are marked "(M2F)".
+    """
+    _add_input_config(cfg)
+    _add_solver_config(cfg)
+    _add_mask_former_model_config(cfg)
+    _add_sem_seg_head_config(cfg)
+    _add_swin_config(cfg)
+
+
+def _add_input_config(cfg: CN) -> None:
+    # Train-time dataset mapper: "mask_former_semantic", "mask_former_panoptic" or
+    # "detr_panoptic"; any other name falls back to detectron2's DatasetMapper.
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
+    # Append the SSD-style photometric augmentation (brightness/contrast/saturation/hue).
+    cfg.INPUT.COLOR_AUG_SSD = False
+    # Crop retries until no single category covers more than this fraction (1.0 = disabled).
+    # add_deeplab_config also sets it; repeated here so this function works on its own.
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # Pad image and targets in the mapper to this size (<= 0: no padding).
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+
+
+def _add_solver_config(cfg: CN) -> None:
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+    # Learning-rate factor of every parameter whose module path contains "backbone".
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Weight decay of nn.Embedding parameters (the learned queries).
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+
+
+def _add_mask_former_model_config(cfg: CN) -> None:
+    cfg.MODEL.MASK_FORMER = CN()
+
+    # Loss: deep supervision adds the three losses of every intermediate decoder layer.
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = True
+    # Cross-entropy weight of the "no object" class (called eos_coef in DETR).
+    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1
+    # Weights of the classification, mask (focal, or BCE when point-sampled) and dice terms,
+    # used both in the loss and in the Hungarian matching cost.
+    cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 1.0  # (M2F)
+    cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 1.0
+    cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 20.0
+    # Point-sampled mask loss and matching of Mask2Former: number of points per mask
+    # (0 = MaskFormer's full-resolution sigmoid-focal loss), candidate oversampling and the
+    # share of points taken where the prediction is most uncertain.
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 0  # (M2F, default 112 * 112 there)
+    cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0  # (M2F)
+    cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75  # (M2F)
+
+    # Transformer predictor.
+    cfg.MODEL.MASK_FORMER.NHEADS = 8
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.1
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0  # encoder layers inside the predictor
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 6
+    cfg.MODEL.MASK_FORMER.PRE_NORM = False
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
+    # Feature the predictor attends to: a backbone feature name, or "transformer_encoder"
+    # for the output of TransformerEncoderPixelDecoder.
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "res5"
+    # Use the 1x1 input projection even when its input already has HIDDEN_DIM channels.
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False
+
+    # Pad the batch in the model to a multiple of this (< 0: the backbone's own
+    # size_divisibility; 0: only to the largest image of the batch).
+    cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
+
+    # Inference.
+    cfg.MODEL.MASK_FORMER.TEST = CN()
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True  # (M2F)
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False  # (M2F)
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+    # Panoptic: drop queries whose class score is not above this.
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.0
+    # Panoptic: drop segments that keep less than this fraction of their own mask.
+    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.0
+    # Resize mask logits to the output size before semantic inference rather than after
+    # (always done when panoptic or instance inference is on).
+    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+
+
+def _add_sem_seg_head_config(cfg: CN) -> None:
+    # Channels of the mask embeddings and of the per-pixel embeddings.
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    # Encoder layers of TransformerEncoderPixelDecoder.
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 0
+    # Name in PIXEL_DECODER_REGISTRY: "BasePixelDecoder" or "TransformerEncoderPixelDecoder".
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
+
+
+def _add_swin_config(cfg: CN) -> None:
+    cfg.MODEL.SWIN = CN()
+    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224
+    cfg.MODEL.SWIN.PATCH_SIZE = 4
+    cfg.MODEL.SWIN.EMBED_DIM = 96
+    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
+    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
+    cfg.MODEL.SWIN.WINDOW_SIZE = 7
+    cfg.MODEL.SWIN.MLP_RATIO = 4.0
+    cfg.MODEL.SWIN.QKV_BIAS = True
+    cfg.MODEL.SWIN.QK_SCALE = None  # None: head_dim ** -0.5
+    cfg.MODEL.SWIN.DROP_RATE = 0.0
+    cfg.MODEL.SWIN.ATTN_DROP_RATE = 0.0
+    # Stochastic depth, rising linearly from 0 to this over all blocks.
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
+    cfg.MODEL.SWIN.APE = False  # absolute position embedding
+    cfg.MODEL.SWIN.PATCH_NORM = True
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]

@@ -1,0 +1,152 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+The one place that bridges detectron2 0.6 (pure-Python build) to a modern environment.
+
+The detectron2 available from the package registry (``pb1-detectron2==0.6``) ships only the
+Python sources, without the compiled ``detectron2._C`` extension, and was written for NumPy < 1.24
+and Pillow < 10. Three gaps follow, each bridged here only where it exists:
+
+1. ``detectron2._C`` is missing: a stand-in module is served in its place. Importing it works
+   (``detectron2.layers`` imports it at import time); calling any compiled op raises a
+   ``RuntimeError`` that names the op. Where a compiled ``_C`` can be found, it is used and
+   nothing below is applied.
+2. NumPy >= 1.24 removed the aliases ``np.int``, ``np.float``, ``np.bool``, ``np.object`` that
+   detectron2 0.6 uses at run time: restored, only if missing.
+3. Pillow >= 10 removed ``Image.LINEAR`` that detectron2 0.6 uses as a default argument at import
+   time: restored, only if missing.
+
+The bridge is an import hook (a :class:`importlib.abc.MetaPathFinder`), so it works whichever is
+imported first, ``mask_former`` or ``detectron2``: ``mask_former/__init__.py`` installs it, and
+``make setup`` puts a one-line ``.pth`` start-up file into the virtual environment that installs it
+in every interpreter of that environment. This module imports nothing outside the standard library
+at import time, so the start-up hook costs nothing for programs that never import detectron2.
+"""
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import logging
+import sys
+import types
+from typing import List, Optional, Sequence
+
+__all__ = ["install", "uninstall", "MissingCompiledOpError", "patched", "NUMPY_ALIASES"]
+
+logger = logging.getLogger(__name__)
+
+# NumPy aliases removed in 1.24 and the builtins they stood for.
+NUMPY_ALIASES = {"int": int, "float": float, "bool": bool, "object": object}
+
+# What this module changed in the running interpreter (for tests and debugging).
+patched: List[str] = []
+
+
+class MissingCompiledOpError(RuntimeError):
+    """Raised when code calls an op of detectron2's compiled extension, which is not installed."""
+
+
+class _MissingExtension(types.ModuleType):
+    """Stand-in for ``detectron2._C``: importable, but every compiled op raises on use."""
+
+    def __getattr__(self, name: str):
+        # torch and importlib probe modules for dunder attributes: those must look absent.
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+
+        def _unavailable(*args, **kwargs):
+            raise MissingCompiledOpError(
+                f"detectron2._C.{name} is a compiled op, but this detectron2 was installed "
+                "without its C++/CUDA extension. Install a compiled detectron2 (see README.md, "
+                "'GPU users') to use it."
+            )
+
+        _unavailable.__name__ = name
+        return _unavailable
+
+
+class _StandInLoader(importlib.abc.Loader):
+    def create_module(self, spec):
+        return _MissingExtension(spec.name)
+
+    def exec_module(self, module):
+        module.__file__ = None  # marks the stand-in; real extensions have a path
+
+
+class _Detectron2CompatFinder(importlib.abc.MetaPathFinder):
+    """Sits first on ``sys.meta_path``; only reacts to ``detectron2`` and ``detectron2._C``."""
+
+    _mask_former_d2_compat = True  # recognised by install() even across module copies
+
+    def __init__(self):
+        self._checked = False
+
+    def _others(self):
+        return [f for f in sys.meta_path if not getattr(f, "_mask_former_d2_compat", False)]
+
+    def _find_elsewhere(self, name: str, path: Optional[Sequence[str]]):
+        for finder in self._others():
+            find_spec = getattr(finder, "find_spec", None)
+            if find_spec is None:
+                continue
+            spec = find_spec(name, path)
+            if spec is not None:
+                return spec
+        return None
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "detectron2" and not self._checked:
+            self._checked = True
+            spec = self._find_elsewhere("detectron2", path)
+            if spec is not None and spec.submodule_search_locations is not None:
+                locations = list(spec.submodule_search_locations)
+                if self._find_elsewhere("detectron2._C", locations) is None:
+                    _restore_removed_names()
+            return None  # the normal machinery imports detectron2 itself
+        if fullname == "detectron2._C":
+            if self._find_elsewhere(fullname, path) is not None:
+                return None
+            _record("detectron2._C stand-in")
+            return importlib.machinery.ModuleSpec(fullname, _StandInLoader())
+        return None
+
+
+def _record(what: str) -> None:
+    if what not in patched:
+        patched.append(what)
+        logger.debug("detectron2 compatibility: %s", what)
+
+
+def _restore_removed_names() -> None:
+    """Restore the NumPy aliases and the Pillow constant that detectron2 0.6 still uses."""
+    import numpy as np
+    from PIL import Image
+
+    for alias, builtin in NUMPY_ALIASES.items():
+        # Look in the module dict: getattr would go through numpy's deprecation __getattr__.
+        if alias not in vars(np):
+            setattr(np, alias, builtin)
+            _record(f"numpy.{alias}")
+    if not hasattr(Image, "LINEAR"):
+        Image.LINEAR = Image.BILINEAR
+        _record("PIL.Image.LINEAR")
+
+
+def install() -> None:
+    """
+    Install the bridge (idempotent). If detectron2 is already imported, the NumPy/Pillow names
+    are restored at once when its compiled extension is missing.
+    """
+    if not any(getattr(f, "_mask_former_d2_compat", False) for f in sys.meta_path):
+        finder = _Detectron2CompatFinder()
+        sys.meta_path.insert(0, finder)
+        if "detectron2" in sys.modules:
+            # Too late to intercept the import: decide from what is on disk now.
+            finder._checked = True
+            locations = list(getattr(sys.modules["detectron2"], "__path__", []))
+            if finder._find_elsewhere("detectron2._C", locations) is None:
+                _restore_removed_names()
+
+
+def uninstall() -> None:
+    """Remove the import hook (already-imported modules and restored names stay as they are)."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "_mask_former_d2_compat", False)]
