@@ -1,0 +1,29 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""Training and evaluation: Trainer, optimizer, CPU-capable launch, test-time augmentation."""
+
+from .defaults import get_mask_former_cfg, setup
+from .evaluation import build_evaluator
+from .launch import launch
+from .optimizer import (
+    build_optimizer,
+    build_param_groups,
+    scale_lr_by_module,
+    set_weight_decay_by_module_type,
+    with_full_model_gradient_clipping,
+)
+from .trainer import Trainer
+from .tta import SemanticSegmentorWithTTA
+
+__all__ = [
+    "Trainer",
+    "build_evaluator",
+    "build_optimizer",
+    "build_param_groups",
+    "get_mask_former_cfg",
+    "launch",
+    "scale_lr_by_module",
+    "set_weight_decay_by_module_type",
+    "setup",
+    "SemanticSegmentorWithTTA",
+    "with_full_model_gradient_clipping",
+]

@@ -1,0 +1,114 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""``Trainer``: detectron2's DefaultTrainer with MaskFormer's data, optimizer and evaluation."""
+
+import logging
+import os
+import weakref
+from collections import OrderedDict
+from typing import Dict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.projects.deeplab import build_lr_scheduler
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch import nn
+
+from .evaluation import build_evaluator
+from .optimizer import build_optimizer
+from .tta import SemanticSegmentorWithTTA
+
+__all__ = ["Trainer"]
+
+logger = logging.getLogger(__name__)
+
+
+def _ddp_kwargs(model: nn.Module) -> Dict:
+    # detectron2 0.6 passes device_ids=[local rank] unconditionally, which DistributedDataParallel
+    # rejects for a CPU model; CPU models are wrapped with device_ids=None.
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    return {"device_ids": None} if on_cpu else {}
+
+
+class Trainer(DefaultTrainer):
+    """
+    DefaultTrainer for MaskFormer: the train loader uses the mapper named by
+    INPUT.DATASET_MAPPER_NAME, the optimizer is :func:`mask_former.engine.build_optimizer`, the LR
+    scheduler comes from DeepLab (WarmupPolyLR), evaluators follow the dataset's
+    ``evaluator_type``, and test-time augmentation is semantic multi-scale + flip. Training also
+    runs on the CPU, in one or several (gloo) processes.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        # The construction order is DefaultTrainer's; only the DDP wrapping differs (see
+        # _ddp_kwargs), which DefaultTrainer.__init__ does not let a subclass change.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        if cfg.SOLVER.AMP.ENABLED and not str(cfg.MODEL.DEVICE).startswith("cuda"):
+            raise ValueError(
+                f"SOLVER.AMP.ENABLED=True needs CUDA, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}"
+            )
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False, **_ddp_kwargs(model))
+        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_cls(model, data_loader, optimizer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: str = None
+    ) -> DatasetEvaluator:
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        from ..data import build_train_mapper  # the data package registers datasets on import
+
+        # None: detectron2's DatasetMapper(cfg, is_train=True).
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def test_with_TTA(cls, cfg: CfgNode, model: nn.Module) -> "OrderedDict[str, Dict]":
+        """
+        Evaluate ``model`` with semantic test-time augmentation (TEST.AUG); only semantic
+        evaluators run, and the result keys get the suffix "_TTA".
+        """
+        logger.info("running inference with test-time augmentation ...")
+        model = SemanticSegmentorWithTTA(cfg, model)
+        semantic_cfg = cfg.clone()  # the TTA model returns only "sem_seg"
+        semantic_cfg.defrost()
+        semantic_cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+        semantic_cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        evaluators = [
+            cls.build_evaluator(semantic_cfg, name, output_folder=output_folder)
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, model, evaluators)
+        return OrderedDict((k + "_TTA", v) for k, v in results.items())

@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+MaskFormer training and evaluation script (the Trainer lives in ``mask_former.engine``).
+
+Train:
+    ./train_net.py --num-gpus 8 --config-file configs/ade20k-150/maskformer_R50_bs16_160k.yaml
+With one GPU, also set e.g. ``SOLVER.IMS_PER_BATCH 2 SOLVER.BASE_LR 0.00005`` (AdamW recipes
+have no linear LR scaling rule). Without CUDA, ``--num-gpus N`` runs N CPU processes (gloo).
+
+Evaluate (``TEST.AUG.ENABLED True`` adds multi-scale + flip test-time augmentation):
+    ./train_net.py --config-file <config.yaml> --eval-only MODEL.WEIGHTS /path/to/model_final.pth
+
+Resume the run in OUTPUT_DIR from its last checkpoint:
+    ./train_net.py --config-file <config.yaml> --resume
+"""
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+import mask_former  # noqa: F401  (registers the model, heads, mappers and datasets)
+from mask_former.engine import Trainer, launch, setup
+
+
+def evaluate(cfg, args) -> dict:
+    """Evaluate MODEL.WEIGHTS (or OUTPUT_DIR's last checkpoint with --resume) on DATASETS.TEST."""
+    model = Trainer.build_model(cfg)
+    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        cfg.MODEL.WEIGHTS, resume=args.resume
+    )
+    results = Trainer.test(cfg, model)
+    if cfg.TEST.AUG.ENABLED:
+        results.update(Trainer.test_with_TTA(cfg, model))
+    if comm.is_main_process():
+        verify_results(cfg, results)
+    return results
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        return evaluate(cfg, args)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def invoke_main() -> None:
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()
