@@ -1,7 +1,7 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """Training and evaluation: Trainer, optimizer, CPU-capable launch, test-time augmentation."""
 
-from .defaults import get_mask_former_cfg, setup
+from .defaults import default_setup, get_mask_former_cfg, setup
 from .evaluation import build_evaluator
 from .launch import launch
 from .optimizer import (
@@ -19,6 +19,7 @@ __all__ = [
     "build_evaluator",
     "build_optimizer",
     "build_param_groups",
+    "default_setup",
     "get_mask_former_cfg",
     "launch",
     "scale_lr_by_module",

@@ -3,19 +3,20 @@
 
 import argparse
 import logging
+import os
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.engine import default_setup
 from detectron2.projects.deeplab import add_deeplab_config
 from detectron2.utils import comm
+from detectron2.utils.collect_env import collect_env_info
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_mask_former_config
 
-__all__ = ["get_mask_former_cfg", "setup"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["get_mask_former_cfg", "setup", "default_setup"]
 
 
 def get_mask_former_cfg() -> CfgNode:
@@ -26,10 +27,49 @@ def get_mask_former_cfg() -> CfgNode:
     return cfg
 
 
+def _environment_info() -> str:
+    try:
+        return collect_env_info()
+    except RuntimeError as e:
+        # detectron2 0.6's collect_env_info queries compiled ops (compiler and CUDA versions of
+        # detectron2._C), which a pure-Python detectron2 does not have.
+        return f"(not collected: {e})"
+
+
+def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
+    """
+    What detectron2's ``default_setup`` does, also with a pure-Python detectron2: create
+    OUTPUT_DIR, set up the "fvcore" and "detectron2" loggers, log the environment, arguments and
+    config, save the config to OUTPUT_DIR/config.yaml, seed the RNGs (SEED + rank when SEED >= 0)
+    and set cudnn benchmarking for training.
+    """
+    output_dir = cfg.OUTPUT_DIR
+    rank = comm.get_rank()
+    if comm.is_main_process() and output_dir:
+        PathManager.mkdirs(output_dir)
+    setup_logger(output_dir, distributed_rank=rank, name="fvcore")
+    logger = setup_logger(output_dir, distributed_rank=rank)
+    logger.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
+    logger.info("Environment info:\n%s", _environment_info())
+    logger.info("Command line arguments: %s", args)
+    if getattr(args, "config_file", ""):
+        with PathManager.open(args.config_file, "r") as f:
+            logger.info("Contents of args.config_file=%s:\n%s", args.config_file, f.read())
+    if comm.is_main_process() and output_dir:
+        path = os.path.join(output_dir, "config.yaml")
+        logger.info("Running with full config:\n%s", cfg.dump())
+        with PathManager.open(path, "w") as f:
+            f.write(cfg.dump())
+        logger.info("Full config saved to %s", path)
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    if not getattr(args, "eval_only", False):
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+
+
 def setup(args: argparse.Namespace) -> CfgNode:
     """
     Build the frozen config of ``args.config_file`` and the trailing ``args.opts``, then set up
-    detectron2 (output folder, config dump, loggers, seed) and the "mask_former" logger.
+    the run (:func:`default_setup`) and the "mask_former" logger.
     A CUDA MODEL.DEVICE on a machine without CUDA falls back to the CPU, with a warning.
     """
     cfg = get_mask_former_cfg()
