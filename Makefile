@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mask_former-setup
 
-.PHONY: setup test demo lint
+.PHONY: setup test demo compare lint
 setup: $(STAMP)
 
 $(STAMP): requirements/torch.txt requirements/base.txt setup.py dev/setup_env.sh dev/install_detectron2.py
@@ -13,8 +13,14 @@ $(STAMP): requirements/torch.txt requirements/base.txt setup.py dev/setup_env.sh
 test: setup
 	$(PY) -m pytest -q tests
 
+# The main job: generate the shapes dataset, train a tiny MaskFormer from scratch on the CPU into
+# a fresh output/demo_<time>/ folder, evaluate (PQ, mIoU) and draw validation predictions.
 demo: setup
-	$(PY) dev/smoke_check.py
+	$(PY) dev/main_job.py
+
+# MaskFormer vs the per-pixel baseline with the same budget: results.md and miou_vs_iter.png.
+compare: setup
+	$(PY) dev/compare_baseline.py
 
 lint: setup
 	$(PY) -m ruff check .
