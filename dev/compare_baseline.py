@@ -59,9 +59,13 @@ def read_metrics(out_dir: str) -> List[Dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def miou_curve(records: List[Dict]) -> Dict[int, float]:
-    """{iterations done: mIoU} from the evaluation entries of metrics.json."""
-    return {r["iteration"] + 1: r["sem_seg/mIoU"] for r in records if "sem_seg/mIoU" in r}
+def miou_curve(records: List[Dict], max_iter: int) -> Dict[int, float]:
+    """
+    {iterations done: mIoU} from the evaluation entries of metrics.json: a periodic evaluation
+    after iteration i is logged at i, the final one (after training) at MAX_ITER.
+    """
+    return {min(r["iteration"] + 1, max_iter): r["sem_seg/mIoU"]
+            for r in records if "sem_seg/mIoU" in r}
 
 
 def seconds_per_iter(records: List[Dict]) -> float:
@@ -119,7 +123,7 @@ def main() -> None:
         wall = train(config, run_dir, args)
         records = read_metrics(run_dir)
         rows[name] = {
-            "curve": miou_curve(records),
+            "curve": miou_curve(records, args.max_iter),
             "s_per_iter": seconds_per_iter(records),
             "wall": wall,
             "params": count_parameters(run_dir),

@@ -5,11 +5,13 @@
 Detectron2 0.6's ``launch`` asserts that CUDA is available and joins the processes with the NCCL
 backend. Without CUDA, this wrapper spawns the same number of processes on the CPU and joins them
 with the gloo backend, setting up detectron2's communication state the way detectron2 does (global
-group, per-machine local group), so ``detectron2.utils.comm`` works unchanged inside ``main_func``.
+group, per-machine local group), so ``detectron2.utils.comm`` works unchanged inside ``main_func``;
+each CPU process gets an equal share of the cores as torch threads (unless OMP_NUM_THREADS is set).
 With CUDA it simply calls detectron2's ``launch``.
 """
 
 import logging
+import os
 from datetime import timedelta
 from typing import Any, Callable, Optional, Sequence
 
@@ -100,6 +102,10 @@ def _cpu_worker(
     timeout: timedelta,
 ) -> None:
     global_rank = machine_rank * procs_per_machine + local_rank
+    if "OMP_NUM_THREADS" not in os.environ:
+        # Share the cores instead of every process starting one thread per core, which
+        # oversubscribes the CPU and slows all of them down.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // procs_per_machine))
     dist.init_process_group(
         backend="gloo", init_method=dist_url, world_size=world_size, rank=global_rank,
         timeout=timeout,

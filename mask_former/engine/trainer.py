@@ -5,7 +5,7 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -71,6 +71,14 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def train(self) -> Optional[Dict]:
+        """
+        Train from ``start_iter`` to SOLVER.MAX_ITER; returns the results of the last evaluation
+        (the one that ends training), or None if no evaluation ran.
+        """
+        super().train()
+        return getattr(self, "_last_eval_results", None)
 
     @classmethod
     def build_evaluator(

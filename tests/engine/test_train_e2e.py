@@ -1,0 +1,211 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+End to end on a tiny shapes dataset (4 train / 2 val images): ``train_net.py`` training with
+evaluation, ``--eval-only``, ``--resume``, and 2-process CPU (gloo) training.
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, build_detection_train_loader
+from detectron2.data.samplers import TrainingSampler
+
+import train_net
+from mask_former.data import MaskFormerPanopticDatasetMapper
+from mask_former.data.datasets import register_shapes
+from mask_former.data.shapes import generate_split, shapes_dir
+from mask_former.engine import Trainer, get_mask_former_cfg, launch
+
+PREFIX = "engine_e2e_"
+TRAIN, VAL = PREFIX + "shapes_panoptic_train", PREFIX + "shapes_panoptic_val"
+
+
+@pytest.fixture(scope="module")
+def datasets_root(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("datasets"))
+    base = shapes_dir(root)
+    generate_split(base, "train", seed=11, num_images=4)
+    generate_split(base, "val", seed=12, num_images=2)
+    with open(os.path.join(base, "COMPLETE"), "w") as f:
+        f.write("{}")  # marks the dataset as generated (the generator's own marker)
+    register_shapes(root, name_prefix=PREFIX)
+    return root
+
+
+def _tiny_cfg(out_dir: str, **opts):
+    """A MaskFormer with a ResNet-18 and a 32-wide head on 64 px images, 2 iterations."""
+    cfg = get_mask_former_cfg()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.META_ARCHITECTURE = "MaskFormer"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [123.7, 116.3, 103.5], [58.4, 57.1, 57.4]
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"  # per-image: batch composition does not matter
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    head = cfg.MODEL.SEM_SEG_HEAD
+    head.NAME, head.NUM_CLASSES, head.IGNORE_VALUE = "MaskFormerHead", 6, 255
+    head.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    head.CONVS_DIM = head.MASK_DIM = 32
+    head.NORM = "GN"
+    mf = cfg.MODEL.MASK_FORMER
+    mf.HIDDEN_DIM, mf.NHEADS, mf.DIM_FEEDFORWARD, mf.DEC_LAYERS = 32, 2, 64, 2
+    mf.NUM_OBJECT_QUERIES, mf.DROPOUT = 8, 0.0
+    mf.TEST.PANOPTIC_ON = mf.TEST.SEMANTIC_ON = True
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (TRAIN,), (VAL,)
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_panoptic"
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (64,), 64
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 64
+    cfg.INPUT.CROP.ENABLED = False
+    cfg.INPUT.SIZE_DIVISIBILITY = 64
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER, cfg.SOLVER.BASE_LR = 2, 2, 1e-4
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
+    cfg.SOLVER.WARMUP_ITERS = 0
+    cfg.SOLVER.CHECKPOINT_PERIOD = 1000
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = "full_model", 0.01
+    cfg.TEST.EVAL_PERIOD = 0
+    cfg.SEED = 5
+    cfg.OUTPUT_DIR = out_dir
+    for key, value in opts.items():
+        cfg.merge_from_list([key, value])
+    return cfg
+
+
+def _args(config_file: str, *opts, eval_only=False, resume=False, num_gpus=1):
+    return argparse.Namespace(
+        config_file=config_file, opts=list(opts), eval_only=eval_only, resume=resume,
+        num_gpus=num_gpus, num_machines=1, machine_rank=0, dist_url="auto",
+    )
+
+
+def _write_cfg(cfg, path: Path) -> str:
+    path.write_text(cfg.dump())
+    return str(path)
+
+
+def _metrics(out_dir: str):
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _register_and_run(root: str, func, *args):
+    # Spawned processes start fresh: register the tiny dataset there too.
+    register_shapes(root, name_prefix=PREFIX)
+    return func(*args)
+
+
+def test_train_with_eval_then_eval_only_gives_the_same_metrics(datasets_root, tmp_path):
+    out = str(tmp_path / "run")
+    config = _write_cfg(_tiny_cfg(out), tmp_path / "tiny.yaml")
+    trained = train_net.main(_args(config))
+    assert set(trained) == {"sem_seg", "panoptic_seg"}
+    semantic_keys = {"mIoU", "fwIoU", "mACC", "pACC", "IoU-circle", "IoU-blotches"}
+    assert semantic_keys <= set(trained["sem_seg"])
+    assert {"PQ", "SQ", "RQ", "PQ_th", "PQ_st"} <= set(trained["panoptic_seg"])
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    # The same numbers were logged after the last iteration (storage iteration = MAX_ITER).
+    last = _metrics(out)[-1]
+    assert last["iteration"] == 2
+    assert last["sem_seg/mIoU"] == pytest.approx(trained["sem_seg"]["mIoU"])
+
+    weights = os.path.join(out, "model_final.pth")
+    evaluated = train_net.main(_args(
+        config, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "eval"), eval_only=True
+    ))
+    for task in ("sem_seg", "panoptic_seg"):
+        assert evaluated[task].keys() == trained[task].keys()
+        for key, value in trained[task].items():
+            assert evaluated[task][key] == pytest.approx(value, abs=1e-6, nan_ok=True), (task, key)
+
+
+def test_resume_continues_at_the_next_iteration(datasets_root, tmp_path):
+    out = str(tmp_path / "run")
+    cfg = _tiny_cfg(out, **{"SOLVER.MAX_ITER": 4, "SOLVER.CHECKPOINT_PERIOD": 2,
+                            "DATASETS.TEST": "()"})
+    train_net.main(_args(_write_cfg(cfg, tmp_path / "a.yaml")))
+    # Pretend the run was interrupted after its checkpoint of iteration 1 (iterations 0, 1).
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write("model_0000001.pth")
+    saved = torch.load(os.path.join(out, "model_0000001.pth"), map_location="cpu")
+    assert saved["iteration"] == 1
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 2
+    assert trainer.scheduler.last_epoch == 2  # the LR schedule continues too
+    # Resumed, not re-initialised: the weights are those of the checkpoint.
+    state = trainer.model.state_dict()
+    for name, value in saved["model"].items():
+        torch.testing.assert_close(state[name], value, msg=name)
+    trainer.train()
+    assert trainer.iter == 4  # iterations 2 and 3 ran
+
+    # The same through the command line.
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write("model_0000001.pth")
+    train_net.main(_args(_write_cfg(cfg, tmp_path / "a.yaml"), resume=True))
+    with open(os.path.join(out, "log.txt")) as f:
+        assert "Starting training from iteration 2" in f.read()
+
+
+def test_two_cpu_processes_train_and_evaluate(datasets_root, tmp_path):
+    out = str(tmp_path / "run")
+    config = _write_cfg(_tiny_cfg(out, **{"SOLVER.MAX_ITER": 3}), tmp_path / "tiny.yaml")
+    args = _args(config, num_gpus=2)
+    launch(_register_and_run, 2, dist_url="auto", args=(datasets_root, train_net.main, args),
+           use_cpu=True)
+    with open(os.path.join(out, "log.txt")) as f:
+        log = f.read()
+    assert "World size: 2" in log
+    last = _metrics(out)[-1]
+    assert last["iteration"] == 2
+    assert "panoptic_seg/PQ" in last and "sem_seg/mIoU" in last
+
+
+class _FixedOrderTrainer(Trainer):
+    """Batches of the training images in file order, no augmentation, padded to 256 x 256."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        dataset = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
+        mapper = MaskFormerPanopticDatasetMapper(
+            is_train=True, augmentations=[], image_format="RGB", ignore_label=255,
+            size_divisibility=256,
+        )
+        return build_detection_train_loader(
+            dataset=dataset, mapper=mapper, sampler=TrainingSampler(len(dataset), shuffle=False),
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=False, num_workers=0,
+        )
+
+
+def _first_iteration(cfg) -> None:
+    torch.manual_seed(cfg.SEED)  # the same initial weights on rank 0 as in the 1-process run
+    trainer = _FixedOrderTrainer(cfg)
+    trainer.train()
+
+
+def test_distributed_mask_losses_equal_single_process(datasets_root, tmp_path):
+    """
+    Images 0..3 in one process, or 0, 2 (rank 0) and 1, 3 (rank 1): loss_mask and loss_dice are
+    normalised by the number of masks averaged over processes, so the mean over processes (what
+    detectron2 logs) equals the 1-process value.
+    """
+    results = {}
+    for world_size in (1, 2):
+        out = str(tmp_path / f"world{world_size}")
+        cfg = _tiny_cfg(out, **{"SOLVER.IMS_PER_BATCH": 4, "SOLVER.MAX_ITER": 1,
+                                "DATASETS.TEST": "()"})
+        launch(_register_and_run, world_size, dist_url="auto",
+               args=(datasets_root, _first_iteration, cfg), use_cpu=True)
+        (record,) = _metrics(out)
+        results[world_size] = record
+    for key in ("loss_mask", "loss_dice", "loss_mask_0", "loss_dice_0"):
+        assert results[2][key] == pytest.approx(results[1][key], abs=1e-5), key
+    assert results[1]["loss_mask"] > 0 and results[1]["loss_dice"] > 0
