@@ -6,7 +6,8 @@ MaskFormer training and evaluation script (the Trainer lives in ``mask_former.en
 Train:
     ./train_net.py --num-gpus 8 --config-file configs/ade20k-150/maskformer_R50_bs16_160k.yaml
 With one GPU, also set e.g. ``SOLVER.IMS_PER_BATCH 2 SOLVER.BASE_LR 0.00005`` (AdamW recipes
-have no linear LR scaling rule). Without CUDA, ``--num-gpus N`` runs N CPU processes (gloo).
+have no linear LR scaling rule). Without CUDA, or with MODEL.DEVICE cpu, ``--num-gpus N`` runs
+N CPU processes (gloo backend); on a 2-core machine, 2 processes train faster than 1.
 
 Evaluate (``TEST.AUG.ENABLED True`` adds multi-scale + flip test-time augmentation):
     ./train_net.py --config-file <config.yaml> --eval-only MODEL.WEIGHTS /path/to/model_final.pth
@@ -21,7 +22,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import mask_former  # noqa: F401  (registers the model, heads, mappers and datasets)
-from mask_former.engine import Trainer, launch, setup
+from mask_former.engine import Trainer, launch, runs_on_cpu, setup
 
 
 def evaluate(cfg, args) -> dict:
@@ -56,6 +57,7 @@ def invoke_main() -> None:
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        use_cpu=runs_on_cpu(args),
     )
 
 

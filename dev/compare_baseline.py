@@ -50,7 +50,8 @@ def train(config: str, out_dir: str, args: argparse.Namespace) -> float:
         "SOLVER.CHECKPOINT_PERIOD", str(args.max_iter),
     ] + list(args.opts)
     start = time.time()
-    subprocess.run(cmd, check=True, cwd=REPO)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.getenv("PYTHONPATH", "")]))
+    subprocess.run(cmd, check=True, cwd=REPO, env=env)
     return time.time() - start
 
 

@@ -16,7 +16,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_mask_former_config
 
-__all__ = ["get_mask_former_cfg", "setup", "default_setup"]
+__all__ = ["get_mask_former_cfg", "build_cfg", "runs_on_cpu", "setup", "default_setup"]
 
 
 def get_mask_former_cfg() -> CfgNode:
@@ -25,6 +25,23 @@ def get_mask_former_cfg() -> CfgNode:
     add_deeplab_config(cfg)
     add_mask_former_config(cfg)
     return cfg
+
+
+def build_cfg(args: argparse.Namespace) -> CfgNode:
+    """The (unfrozen) config of ``args.config_file`` and the trailing ``args.opts``."""
+    cfg = get_mask_former_cfg()
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    return cfg
+
+
+def runs_on_cpu(args: argparse.Namespace) -> bool:
+    """
+    Whether the run of ``args`` uses the CPU (MODEL.DEVICE "cpu", or no CUDA): its processes
+    must then be launched over gloo, even on a machine that has GPUs.
+    """
+    return build_cfg(args).MODEL.DEVICE == "cpu" or not torch.cuda.is_available()
 
 
 def _environment_info() -> str:
@@ -72,10 +89,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
     the run (:func:`default_setup`) and the "mask_former" logger.
     A CUDA MODEL.DEVICE on a machine without CUDA falls back to the CPU, with a warning.
     """
-    cfg = get_mask_former_cfg()
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = build_cfg(args)
     cuda_missing = str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available()
     if cuda_missing:
         cfg.MODEL.DEVICE = "cpu"

@@ -10,7 +10,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.modeling import DatasetMapperTTA
 
-from mask_former.engine import SemanticSegmentorWithTTA, build_evaluator, get_mask_former_cfg, setup
+from mask_former.engine import (
+    SemanticSegmentorWithTTA,
+    build_evaluator,
+    get_mask_former_cfg,
+    runs_on_cpu,
+    setup,
+)
 
 
 def _register(evaluator_type, records):
@@ -122,3 +128,10 @@ def test_setup_merges_file_and_opts_and_falls_back_to_cpu(tmp_path):
     assert (tmp_path / "o" / "config.yaml").exists()
     if not torch.cuda.is_available():
         assert cfg.MODEL.DEVICE == "cpu"
+        assert runs_on_cpu(args)
+
+
+def test_cpu_config_runs_on_cpu_even_with_cuda(tmp_path):
+    config = tmp_path / "cpu.yaml"
+    config.write_text("MODEL:\n  DEVICE: cpu\n")
+    assert runs_on_cpu(argparse.Namespace(config_file=str(config), opts=[]))
