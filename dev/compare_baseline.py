@@ -45,7 +45,7 @@ def train(config: str, out_dir: str, args: argparse.Namespace) -> float:
     """Train one model; returns the wall time in seconds."""
     cmd = [
         sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config,
-        "--num-gpus", str(args.num_gpus), "OUTPUT_DIR", out_dir,
+        "--num-gpus", str(args.num_gpus), "--dist-url", "auto", "OUTPUT_DIR", out_dir,
         "SOLVER.MAX_ITER", str(args.max_iter), "TEST.EVAL_PERIOD", str(args.eval_period),
         "SOLVER.CHECKPOINT_PERIOD", str(args.max_iter),
     ] + list(args.opts)

@@ -75,8 +75,9 @@ def main() -> None:
     py, timings, start = sys.executable, {}, time.time()
 
     _run("dataset", [py, "-m", "mask_former.data.shapes", "--root", root], timings)
-    _run("train+eval", [py, "train_net.py", "--config-file", args.config_file,
-                        "--num-gpus", str(args.num_gpus), "OUTPUT_DIR", out] + args.opts, timings)
+    train = [py, "train_net.py", "--config-file", args.config_file, "--num-gpus",
+             str(args.num_gpus), "--dist-url", "auto", "OUTPUT_DIR", out]
+    _run("train+eval", train + args.opts, timings)
     images = sorted(glob.glob(os.path.join(REPO, root, "shapes", "images", "val", "*.jpg")))
     vis_dir = os.path.join(out, "visualizations")
     _run("visualise", [py, "demo/demo.py", "--config-file", args.config_file,

@@ -117,12 +117,17 @@ def test_train_with_eval_then_eval_only_gives_the_same_metrics(datasets_root, tm
 
     weights = os.path.join(out, "model_final.pth")
     evaluated = train_net.main(_args(
-        config, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "eval"), eval_only=True
+        config, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "eval"),
+        "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(48, 64)", "TEST.AUG.MAX_SIZE", "128",
+        eval_only=True,
     ))
     for task in ("sem_seg", "panoptic_seg"):
         assert evaluated[task].keys() == trained[task].keys()
         for key, value in trained[task].items():
             assert evaluated[task][key] == pytest.approx(value, abs=1e-6, nan_ok=True), (task, key)
+    # Test-time augmentation adds semantic results only.
+    assert {k for k in evaluated if k.endswith("_TTA")} == {"sem_seg_TTA"}
+    assert set(evaluated["sem_seg_TTA"]) == set(trained["sem_seg"])
 
 
 def test_resume_continues_at_the_next_iteration(datasets_root, tmp_path):
@@ -209,3 +214,9 @@ def test_distributed_mask_losses_equal_single_process(datasets_root, tmp_path):
     for key in ("loss_mask", "loss_dice", "loss_mask_0", "loss_dice_0"):
         assert results[2][key] == pytest.approx(results[1][key], abs=1e-5), key
     assert results[1]["loss_mask"] > 0 and results[1]["loss_dice"] > 0
+
+
+def test_amp_on_cpu_is_a_clear_error(tmp_path):
+    cfg = _tiny_cfg(str(tmp_path), **{"SOLVER.AMP.ENABLED": True})
+    with pytest.raises(ValueError, match="AMP.*needs CUDA"):
+        Trainer(cfg)
