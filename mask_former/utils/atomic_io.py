@@ -23,7 +23,7 @@ def _current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_output_path(path: str) -> Iterator[str]:
+def atomic_output_path(path: str, allow_empty: bool = False) -> Iterator[str]:
     """
     Yield a temporary path to write ``path`` through; it is renamed to ``path`` on success.
 
@@ -32,6 +32,8 @@ def atomic_output_path(path: str) -> Iterator[str]:
 
     Args:
         path (str): the destination file. Its folder must exist.
+        allow_empty (bool): accept an empty result; by default an empty file is taken as a
+            writer that failed silently (OpenCV's imwrite returns False rather than raising).
     """
     path = os.path.abspath(path)
     folder, name = os.path.split(path)
@@ -42,7 +44,7 @@ def atomic_output_path(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
-        if not os.path.exists(tmp) or os.path.getsize(tmp) == 0:
+        if not allow_empty and (not os.path.exists(tmp) or os.path.getsize(tmp) == 0):
             raise OSError(f"Nothing was written for {path}")
         # mkstemp creates the file readable by its owner only; give it the usual permissions.
         os.chmod(tmp, 0o666 & ~_current_umask())
@@ -63,7 +65,7 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write supports modes 'wb' and 'w', got {mode!r}")
-    with atomic_output_path(path) as tmp:
+    with atomic_output_path(path, allow_empty=True) as tmp:
         with open(tmp, mode) as f:
             yield f
             f.flush()
