@@ -8,6 +8,7 @@ What is drawn depends on the model's outputs, in this order of preference: "pano
 not drawn.
 """
 
+import logging
 from typing import Dict, Iterator, Optional, Tuple
 
 import cv2
@@ -19,7 +20,27 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
-__all__ = ["VisualizationDemo"]
+__all__ = ["VisualizationDemo", "demo_metadata"]
+
+logger = logging.getLogger(__name__)
+
+
+def demo_metadata(cfg: CfgNode) -> Metadata:
+    """
+    The metadata of the config's first test set, which names and colours the classes; when
+    that set is not registered (or has no class names), generic names "class 0", "class 1", ...
+    for MODEL.SEM_SEG_HEAD.NUM_CLASSES classes, so any model can still be drawn.
+    """
+    if len(cfg.DATASETS.TEST):
+        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        if metadata.get("stuff_classes") is not None:
+            return metadata
+        logger.warning(
+            "Dataset %s has no class names in its metadata: using generic names.",
+            cfg.DATASETS.TEST[0],
+        )
+    names = [f"class {i}" for i in range(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)]
+    return Metadata(name="__demo_generic").set(stuff_classes=names, thing_classes=names)
 
 
 def _filter_instances(predictions: Dict, threshold: float) -> Dict:
@@ -33,7 +54,7 @@ def _filter_instances(predictions: Dict, threshold: float) -> Dict:
 class VisualizationDemo:
     """
     A model in eval mode (Detectron2's DefaultPredictor: test-time resize, BGR/RGB per
-    INPUT.FORMAT) plus the metadata of its first test set, which names and colours classes.
+    INPUT.FORMAT) plus the class names and colours of :func:`demo_metadata`.
     """
 
     def __init__(
@@ -48,8 +69,7 @@ class VisualizationDemo:
             instance_mode (ColorMode): how the Visualizer colours instances.
             instance_threshold (float): instances scoring below this are not drawn.
         """
-        dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
-        self.metadata: Metadata = MetadataCatalog.get(dataset)
+        self.metadata: Metadata = demo_metadata(cfg)
         self.cpu_device = torch.device("cpu")
         self.instance_mode = instance_mode
         self.instance_threshold = instance_threshold

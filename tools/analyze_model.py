@@ -120,7 +120,7 @@ def _count_nothing(inputs, outputs) -> Counter:
     return Counter()
 
 
-def _count(analysis_cls, model: nn.Module, images: Iterable[torch.Tensor]) -> List:
+def run_analyses(analysis_cls, model: nn.Module, images: Iterable[torch.Tensor]) -> List:
     """Run one fvcore analysis per image, with Detectron2's list of ignored operators."""
     wrapper = TensorOutputs(model).eval()
     analyses = []
@@ -166,7 +166,7 @@ def analyze(cfg: CfgNode, tasks: Sequence[str], num_inputs: int, fixed_input_siz
         else:
             images = iter_images(cfg, num_inputs, fixed_input_size)
             counter = FlopCountAnalysis if task == "flop" else ActivationCountAnalysis
-            analyses = _count(counter, model, images)
+            analyses = run_analyses(counter, model, images)
             if not analyses:
                 raise ValueError(f"No input image for the {task} analysis: the test set is empty")
             if task == "flop":
