@@ -33,7 +33,7 @@ from detectron2.projects.deeplab import add_deeplab_config
 from detectron2.utils.logger import setup_logger
 
 from mask_former import add_mask_former_config
-from mask_former.utils import atomic_output_path
+from mask_former.utils import atomic_output_path, fall_back_to_cpu
 
 try:  # run as "python demo/demo.py": this folder is on sys.path
     from predictor import VisualizationDemo
@@ -55,6 +55,7 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     cfg.merge_from_list(args.opts)
     if args.confidence_threshold is not None and cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON:
         cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = args.confidence_threshold
+    fall_back_to_cpu(cfg)
     cfg.freeze()
     return cfg
 

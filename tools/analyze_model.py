@@ -41,6 +41,7 @@ from fvcore.nn import (
 from torch import nn
 
 from mask_former import add_mask_former_config
+from mask_former.utils import fall_back_to_cpu
 
 logger = logging.getLogger("mask_former.analyze_model")
 
@@ -92,9 +93,10 @@ def setup(args) -> CfgNode:
     cfg.merge_from_file(args.config_file, allow_unsafe=False)
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.merge_from_list(args.opts)
-    cfg.freeze()
     setup_logger(name="fvcore")
     setup_logger(name="mask_former")
+    fall_back_to_cpu(cfg)
+    cfg.freeze()
     return cfg
 
 
