@@ -334,7 +334,8 @@ class SwinTransformer(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
 
         # Stochastic depth rises linearly over all blocks of all stages.
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        n = sum(depths)
+        rates = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
         starts = [sum(depths[:i]) for i in range(self.num_layers)]
         self.layers = nn.ModuleList(
             SwinStage(
