@@ -186,11 +186,11 @@ class MaskFormer(nn.Module):
             (K, height, width), "panoptic_seg" (tuple of (height, width) int32 ids and
             segments info) and/or "instances", as enabled.
         """
+        if self.training and any("instances" not in x for x in batched_inputs):
+            raise ValueError("MaskFormer in training mode needs 'instances' in every input dict")
         images = self.preprocess_image(batched_inputs)
         outputs = self.sem_seg_head(self.backbone(images.tensor))
         if self.training:
-            if "instances" not in batched_inputs[0]:
-                raise ValueError("MaskFormer in training mode needs 'instances' in its inputs")
             targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
             return self.weighted_losses(self.criterion(outputs, targets))
         return self.inference(outputs, batched_inputs, images)
