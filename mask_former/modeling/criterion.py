@@ -232,6 +232,7 @@ class SetCriterion(nn.Module):
         return losses
 
     def _check_labels(self, targets: List[Dict[str, torch.Tensor]]) -> None:
+        """Fail early, with the image at fault, on labels outside [0, K)."""
         for i, target in enumerate(targets):
             labels = target["labels"]
             if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
@@ -241,7 +242,10 @@ class SetCriterion(nn.Module):
                 )
 
     def _layer_losses(
-        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]], num_masks
+        self,
+        outputs: Dict[str, torch.Tensor],
+        targets: List[Dict[str, torch.Tensor]],
+        num_masks: float,
     ) -> Dict[str, torch.Tensor]:
         """Losses of one decoder layer's outputs (matching included)."""
         indices = self.matcher(outputs, targets)
