@@ -23,6 +23,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_se
 from detectron2.modeling.backbone import Backbone
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, ImageList
+from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
 
 from .criterion import SetCriterion
@@ -97,6 +98,11 @@ class MaskFormer(nn.Module):
             test_topk_per_image: instances kept per image by instance inference.
         """
         super().__init__()
+        if not (semantic_on or panoptic_on or instance_on):
+            raise ValueError(
+                "MaskFormer: enable at least one of MODEL.MASK_FORMER.TEST.SEMANTIC_ON, "
+                "PANOPTIC_ON and INSTANCE_ON"
+            )
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.criterion = criterion
@@ -231,7 +237,9 @@ class MaskFormer(nn.Module):
             mask_cls_all, mask_pred_all, batched_inputs, images.image_sizes
         ):
             height, width = inputs.get("height", size[0]), inputs.get("width", size[1])
-            results.append(self._inference_single(mask_cls, mask_pred, size, height, width))
+            # Full-resolution masks of large images may not fit on the GPU: retry on the CPU.
+            single = retry_if_cuda_oom(self._inference_single)
+            results.append(single(mask_cls, mask_pred, size, height, width))
         return results
 
     def _inference_single(

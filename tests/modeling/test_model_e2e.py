@@ -268,3 +268,8 @@ def test_unknown_pixel_decoder_and_in_feature_are_clear_errors():
     with pytest.raises(ValueError, match="no transformer encoder"):
         cfg = tiny_swin_cfg(**{"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": "transformer_encoder"})
         build_model(cfg).eval()([{"image": random_images([(64, 64)])[0]}])
+
+
+def test_at_least_one_inference_output_must_be_enabled():
+    with pytest.raises(ValueError, match="SEMANTIC_ON"):
+        build_model(tiny_swin_cfg(**{"MODEL.MASK_FORMER.TEST.SEMANTIC_ON": False}))

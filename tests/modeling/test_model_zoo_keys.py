@@ -49,6 +49,13 @@ def test_config_builds_reference_state_dict(rel):
     assert _without_criterion(_names_and_shapes(model)) == expected
 
 
+def test_panoptic_config_takes_thing_classes_from_training_metadata():
+    model = _build_meta(_config_file_cfg(COCO_SWIN_T))
+    assert model.panoptic_on and model.size_divisibility == 0
+    assert model.thing_ids == set(range(80))  # COCO panoptic: 80 things, then 53 stuff
+    assert _build_meta(_config_file_cfg(ADE_R50)).thing_ids == set()
+
+
 # (overrides of the ADE20K R50 config, #state_dict keys, #parameters) from the reference.
 ADE_VARIANTS = {
     "per_pixel_baseline_R50": (
