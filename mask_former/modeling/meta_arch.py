@@ -68,7 +68,6 @@ class MaskFormer(nn.Module):
         sem_seg_head: nn.Module,
         criterion: nn.Module,
         weight_dict: Dict[str, float],
-        num_queries: int,
         object_mask_threshold: float,
         overlap_threshold: float,
         thing_ids: Set[int],
@@ -87,7 +86,6 @@ class MaskFormer(nn.Module):
             sem_seg_head: returns {"pred_logits", "pred_masks", "aux_outputs"} from features.
             criterion: returns unweighted losses from (outputs, targets).
             weight_dict: weight of each loss; losses not in it are dropped.
-            num_queries: Q.
             object_mask_threshold, overlap_threshold: panoptic inference thresholds.
             thing_ids: contiguous ids of thing classes (panoptic and instance inference).
             size_divisibility: pad the batch to a multiple of this (<0: the backbone's).
@@ -107,7 +105,6 @@ class MaskFormer(nn.Module):
         self.sem_seg_head = sem_seg_head
         self.criterion = criterion
         self.weight_dict = dict(weight_dict)
-        self.num_queries = num_queries
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
         self.thing_ids = set(thing_ids)
@@ -153,7 +150,6 @@ class MaskFormer(nn.Module):
             "sem_seg_head": sem_seg_head,
             "criterion": criterion,
             "weight_dict": weight_dict,
-            "num_queries": mf.NUM_OBJECT_QUERIES,
             "object_mask_threshold": mf.TEST.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": mf.TEST.OVERLAP_THRESHOLD,
             "thing_ids": thing_ids_from_metadata(train_sets[0]) if train_sets else set(),
