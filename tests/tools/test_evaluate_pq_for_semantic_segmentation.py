@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
@@ -113,3 +114,23 @@ def test_unknown_image_in_predictions_is_named(tool, dataset, tmp_path):
     bad.write_text(json.dumps([{"file_name": "img0.jpg"}]))
     with pytest.raises(ValueError, match="entry 0 is not a SemSegEvaluator prediction"):
         evaluate_pq.main(["--dataset-name", name, "--json-file", str(bad)])
+
+
+def test_reads_the_json_of_detectron2_sem_seg_evaluator(tool, dataset, tmp_path):
+    """The json written by SemSegEvaluator itself; the mIoU of both must agree."""
+    from detectron2.evaluation import SemSegEvaluator
+
+    name, _ = dataset
+    evaluator = SemSegEvaluator(name, distributed=False, output_dir=str(tmp_path / "inference"))
+    evaluator.reset()
+    for i, (_, pred) in enumerate(_images()):
+        logits = torch.nn.functional.one_hot(torch.as_tensor(pred, dtype=torch.long), 4)
+        evaluator.process([{"file_name": f"img{i}.jpg"}], [{"sem_seg": logits.permute(2, 0, 1)}])
+    d2_results = evaluator.evaluate()["sem_seg"]
+    json_file = tmp_path / "inference" / "sem_seg_predictions.json"
+
+    results = tool("evaluate_pq_for_semantic_segmentation").main(
+        ["--dataset-name", name, "--json-file", str(json_file)]
+    )
+    assert results["mIoU"]["mIoU"] == pytest.approx(d2_results["mIoU"])
+    assert results["All"]["pq"] == pytest.approx(100 * np.mean([(5 / 6) / 1.5, 0.8 / 1.5, 0.775]))
