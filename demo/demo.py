@@ -77,8 +77,8 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--output",
-        help="a file or folder to save drawings to (a folder when there are several inputs); "
-        "without it, drawings are shown in a window",
+        help="a folder to save drawings to, or for a single input a file name with an image "
+        "extension; without it, drawings are shown in a window",
     )
     parser.add_argument(
         "--confidence-threshold",
@@ -131,8 +131,11 @@ def load_image(path: str) -> np.ndarray:
 
 
 def output_file(output: str, input_path: str, many: bool) -> str:
-    """Where the drawing of ``input_path`` goes: inside ``output`` if it is a folder."""
-    if many or os.path.isdir(output):
+    """
+    Where the drawing of ``input_path`` goes: ``output`` itself for a single input and an
+    output with a file extension, else a file of the input's name inside the folder ``output``.
+    """
+    if many or os.path.isdir(output) or not os.path.splitext(output)[1]:
         os.makedirs(output, exist_ok=True)
         return os.path.join(output, os.path.basename(input_path))
     return output

@@ -122,3 +122,12 @@ def test_metadata_falls_back_to_generic_class_names():
     cfg.DATASETS.TEST = ("_test_demo_named",)
     assert predictor.demo_metadata(cfg).stuff_classes == ["sky", "road", "car"]
     MetadataCatalog.remove("_test_demo_named")
+
+
+def test_output_names(tmp_path):
+    demo = _demo_module()
+    out = str(tmp_path / "vis")
+    assert demo.output_file(out + ".png", "in/a.jpg", many=False) == out + ".png"
+    assert demo.output_file(out, "in/a.jpg", many=False) == os.path.join(out, "a.jpg")
+    assert os.path.isdir(out)
+    assert demo.output_file(out, "in/b.png", many=True) == os.path.join(out, "b.png")
