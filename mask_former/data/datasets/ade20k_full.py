@@ -35,8 +35,10 @@ def register_ade20k_full(root: str, name_prefix: str = "") -> List[str]:
         )
         for split, folder in [("train", "training"), ("val", "validation")]
     }
+    categories = ade20k_full_categories()
     meta = {
-        "stuff_classes": [c["name"] for c in ade20k_full_categories()],
+        "stuff_classes": [c["name"] for c in categories],
+        "stuff_colors": [c["color"] for c in categories],
         "ignore_label": ADE20K_FULL_IGNORE_LABEL,
     }
     return register_sem_seg_splits(splits, meta, gt_ext="tif", image_ext="jpg")

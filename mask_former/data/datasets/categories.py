@@ -55,8 +55,14 @@ def _fallback_color(category_id: int) -> List[int]:
 
 
 def ade20k_full_categories() -> List[Dict[str, Any]]:
-    """The 847 ADE20K-full classes in train-id order: dicts with name, ade_full_id, train_id."""
-    return load_table("ade20k_full_847.json")
+    """
+    The 847 ADE20K-full classes in train-id order: dicts with name, ade_full_id, train_id, and
+    a fixed colour seeded by the class's ADE id (the table has no colours).
+    """
+    table = load_table("ade20k_full_847.json")
+    for entry in table:
+        entry["color"] = _fallback_color(entry["ade_full_id"])
+    return table
 
 
 def ade20k_150_categories() -> List[Dict[str, Any]]:
