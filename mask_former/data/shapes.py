@@ -324,12 +324,3 @@ def ensure_shapes_dataset(root: str) -> str:
     logger.info("Shapes dataset ready in %s", target)
     return target
 
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Generate the built-in shapes dataset.")
-    parser.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"))
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
-    print(ensure_shapes_dataset(args.root))
