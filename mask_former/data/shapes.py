@@ -25,6 +25,7 @@ Generation is deterministic: image ``i`` of a split is drawn from the random gen
 ``(split seed, i)``, so the same seed gives the same bytes and a dataset of N images is the first
 N images of a larger one. The whole dataset is written into a temporary folder that is renamed
 into place when done, so an interrupted run never leaves a half-written dataset behind.
+``python -m mask_former.data`` generates it ahead of time.
 """
 
 import json

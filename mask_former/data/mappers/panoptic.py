@@ -51,12 +51,19 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
     :class:`MaskFormerSemanticDatasetMapper`. Train only.
 
     The crop's single-category constraint looks at the semantic label map; when the record
-    has none, it is derived from the panoptic segments.
+    has none and the constraint is on, it is derived from the panoptic segments.
 
     Output dict keys: "image" (3, H, W) uint8 tensor; "sem_seg" (H, W) long tensor (only when
     the record has ``sem_seg_file_name``); "instances": Instances with ``gt_classes`` (N,) int64
     and ``gt_masks`` (N, H, W) bool, one per non-crowd segment.
     """
+
+    def _crop_needs_sem_seg(self) -> bool:
+        return any(
+            isinstance(aug, T.RandomCrop_CategoryAreaConstraint)
+            and aug.single_category_max_area < 1.0
+            for aug in self.augmentations.augs
+        )
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)
@@ -81,8 +88,10 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
             check_label_range(
                 sem_seg, self.num_classes, self.ignore_label, dataset_dict["sem_seg_file_name"]
             )
-        else:
+        elif self._crop_needs_sem_seg():
             sem_seg = semantic_from_panoptic(pan_ids, segments_info, self.ignore_label)
+        else:
+            sem_seg = None
 
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         transforms = self.augmentations(aug_input)
