@@ -50,7 +50,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Contiguous id = index. Things first, as in detectron2's COCO panoptic convention.
 SHAPES_CATEGORIES: List[Dict[str, Any]] = [
@@ -206,9 +206,12 @@ def render_image(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.n
     for r in range(n_regions):
         kind = SHAPES_CATEGORIES[region_class[r]]["name"]
         shades = _random_shades(rng)
-        t = _texture(kind, rng, h, w)[..., None]
         sel = regions == r
-        image[sel] = (shades[0] + t * (shades[1] - shades[0]))[sel]
+        t = _texture(kind, rng, h, w)[sel]
+        if kind == "gradient" and t.size:
+            # Span both shades within the region, however small a slice of the ramp it is.
+            t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+        image[sel] = shades[0] + t[:, None] * (shades[1] - shades[0])
     labels = region_class[regions].astype(np.uint8)
 
     inst_map, classes = _place_things(rng, h, w)
