@@ -33,7 +33,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -293,21 +293,38 @@ def generate_split(out_dir: str, split: str, seed: int, num_images: int) -> None
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
 
 
+def _stamp() -> Dict[str, Any]:
+    # What the COMPLETE file records (JSON round trip: tuples become lists).
+    return json.loads(json.dumps({"version": GENERATOR_VERSION, "splits": SHAPES_SPLITS}))
+
+
+def _read_stamp(target: str) -> Optional[Dict[str, Any]]:
+    path = os.path.join(target, "COMPLETE")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def ensure_shapes_dataset(root: str) -> str:
     """
     Generate the shapes dataset under ``root`` unless it is already there; return its folder.
+    A dataset written by another generator version (or other split sizes) is replaced.
 
     Generation writes into a temporary folder beside the target and renames it into place, so
     concurrent callers and interrupted runs never expose a partial dataset.
     """
     target = shapes_dir(root)
-    if os.path.isfile(os.path.join(target, "COMPLETE")):
+    stamp = _read_stamp(target)
+    if stamp == _stamp():
         return target
-    if os.path.exists(target):
+    if stamp is None and os.path.exists(target):
         raise RuntimeError(
             f"{target} exists but is not a complete shapes dataset (no COMPLETE file); "
             "delete it to have it generated again."
         )
+    if stamp is not None:
+        logger.warning("%s was made by generator %s; regenerating.", target, stamp)
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".shapes-tmp-", dir=root)
     try:
@@ -315,16 +332,23 @@ def ensure_shapes_dataset(root: str) -> str:
         for split, (seed, num_images) in SHAPES_SPLITS.items():
             generate_split(tmp, split, seed, num_images)
         with open(os.path.join(tmp, "COMPLETE"), "w") as f:
-            json.dump({"version": GENERATOR_VERSION, "splits": SHAPES_SPLITS}, f)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not os.path.isfile(os.path.join(target, "COMPLETE")):
-                raise
-            # Another process finished first: keep its copy (same seeds, same bytes).
+            json.dump(_stamp(), f)
+        _move_into_place(tmp, target, replace=stamp is not None)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     logger.info("Shapes dataset ready in %s", target)
     return target
 
+
+def _move_into_place(tmp: str, target: str, replace: bool) -> None:
+    if replace:
+        old = tempfile.mkdtemp(prefix=".shapes-tmp-old-", dir=os.path.dirname(tmp))
+        os.rename(target, os.path.join(old, "shapes"))
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if _read_stamp(target) != _stamp():
+            raise
+        # Another process finished first: keep its copy (same seeds, same bytes).

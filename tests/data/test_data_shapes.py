@@ -215,3 +215,18 @@ def test_evaluators_score_ground_truth_perfectly(tmp_path, tiny_splits):
     pq = pan_eval.evaluate()["panoptic_seg"]
     assert pq["PQ"] == pytest.approx(100.0)
     assert sem_eval.evaluate()["sem_seg"]["mIoU"] == pytest.approx(100.0)
+
+
+def test_dataset_of_another_generator_version_is_replaced(tmp_path, tiny_splits):
+    base = shapes.ensure_shapes_dataset(str(tmp_path))
+    complete = os.path.join(base, "COMPLETE")
+    with open(complete) as f:
+        stamp = json.load(f)
+    with open(complete, "w") as f:
+        json.dump({**stamp, "version": -1}, f)
+    os.remove(os.path.join(base, "images", "val", "000000.jpg"))
+    shapes.ensure_shapes_dataset(str(tmp_path))
+    with open(complete) as f:
+        assert json.load(f) == stamp
+    assert os.path.isfile(os.path.join(base, "images", "val", "000000.jpg"))
+    assert os.listdir(tmp_path) == ["shapes"]  # no temporary folder left behind
