@@ -79,3 +79,37 @@ def test_one_training_step(tmp_path, fmt):
     optimizer.step()
     changed = [k for k, p in params.items() if not torch.equal(p.detach(), before[k])]
     assert len(changed) > len(params) // 2
+
+
+@pytest.mark.parametrize("kind, mapper_name", [("sem_seg", "mask_former_semantic"),
+                                               ("panoptic", "mask_former_panoptic"),
+                                               ("panoptic", "detr_panoptic")])
+def test_one_training_step_on_shapes(tmp_path, monkeypatch, kind, mapper_name):
+    from data_testutils import unique_prefix
+    from test_data_formats import mini_cfg
+
+    from mask_former.data import shapes
+    from mask_former.data.datasets import register_shapes
+
+    monkeypatch.setattr(shapes, "SHAPES_SPLITS", {"train": (20211, 2), "val": (20212, 1)})
+    prefix = unique_prefix()
+    register_shapes(str(tmp_path), prefix)
+    name = f"{prefix}shapes_{kind}_train"
+    cfg = tiny_model_cfg(mini_cfg(name, mapper_name, 6, 255))
+    cfg.INPUT.MIN_SIZE_TRAIN = (96, 128)
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = (96, 96)
+    cfg.INPUT.COLOR_AUG_SSD = True
+    cfg.INPUT.SIZE_DIVISIBILITY = 96 if mapper_name != "detr_panoptic" else -1
+    mapper = build_train_mapper(cfg)
+    batch = [mapper(r) for r in DatasetCatalog.get(name)]
+    assert all(len(b["instances"]) > 0 for b in batch)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    with EventStorage():
+        losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total) and total.item() > 0
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
