@@ -26,6 +26,8 @@ Generation is deterministic: image ``i`` of a split is drawn from the random gen
 N images of a larger one. The whole dataset is written into a temporary folder that is renamed
 into place when done, so an interrupted run never leaves a half-written dataset behind.
 ``python -m mask_former.data`` generates it ahead of time.
+
+Shape shorthand in this module: H, W image height and width.
 """
 
 import json

@@ -230,3 +230,12 @@ def test_dataset_of_another_generator_version_is_replaced(tmp_path, tiny_splits)
         assert json.load(f) == stamp
     assert os.path.isfile(os.path.join(base, "images", "val", "000000.jpg"))
     assert os.listdir(tmp_path) == ["shapes"]  # no temporary folder left behind
+
+
+def test_command_line_generates_ahead_of_time(tmp_path, tiny_splits, monkeypatch, capsys):
+    from mask_former.data.__main__ import main
+
+    monkeypatch.setattr("sys.argv", ["python -m mask_former.data", "--root", str(tmp_path)])
+    main()
+    assert capsys.readouterr().out.strip() == str(tmp_path / "shapes")
+    assert len(os.listdir(tmp_path / "shapes" / "images" / "val")) == 3
