@@ -131,3 +131,30 @@ def test_output_names(tmp_path):
     assert demo.output_file(out, "in/a.jpg", many=False) == os.path.join(out, "a.jpg")
     assert os.path.isdir(out)
     assert demo.output_file(out, "in/b.png", many=True) == os.path.join(out, "b.png")
+
+
+def test_video_frames_are_drawn_into_a_video(tmp_path):
+    demo = _demo_module()
+    writer = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5,
+                             (96, 64))  # fmt: skip
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        writer.write(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    writer.release()
+    args = demo.get_parser().parse_args(
+        ["--config-file", str(REPO_ROOT / CONFIG), "--video-input", str(tmp_path / "clip.mp4"),
+         "--confidence-threshold", "0", "--opts", "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"]
+    )  # fmt: skip
+    torch.manual_seed(0)
+    visualization = demo.VisualizationDemo(demo.setup_cfg(args))
+    out = tmp_path / "out"
+    out.mkdir()
+    demo.run_on_video(visualization, str(tmp_path / "clip.mp4"), str(out))
+    (written,) = os.listdir(out)  # no temporary file left
+    video = cv2.VideoCapture(str(out / written))
+    assert written.startswith("clip.")
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    assert (video.get(cv2.CAP_PROP_FRAME_WIDTH), video.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (96, 64)
+    video.release()
+    with pytest.raises(ValueError, match="Cannot read video .*missing.mp4"):
+        demo.run_on_video(visualization, str(tmp_path / "missing.mp4"), str(out))
