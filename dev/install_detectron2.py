@@ -80,8 +80,20 @@ def _sha256(path: str) -> str:
 
 def build_wheel(workdir: str) -> str:
     pip = [sys.executable, "-m", "pip"]
-    _run(pip + ["download", "-q", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-                DISTRIBUTION, "-d", workdir])
+    _run(
+        pip
+        + [
+            "download",
+            "-q",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--no-build-isolation",
+            DISTRIBUTION,
+            "-d",
+            workdir,
+        ]
+    )
     (sdist,) = glob.glob(os.path.join(workdir, "*.tar.gz"))
     actual = _sha256(sdist)
     if actual != SDIST_SHA256:

@@ -8,6 +8,7 @@ from . import d2_compat
 
 d2_compat.install()  # before anything imports detectron2
 
+from . import data, modeling  # noqa: F401,E402
 from .config import add_mask_former_config  # noqa: E402
 
 __all__ = ["add_mask_former_config"]

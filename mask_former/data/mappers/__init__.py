@@ -1,0 +1,20 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+Train-time dataset mappers, registered in :data:`DATASET_MAPPER_REGISTRY` under the names
+used by ``INPUT.DATASET_MAPPER_NAME``; :func:`build_train_mapper` builds the configured one.
+"""
+
+from .build import DATASET_MAPPER_REGISTRY, build_train_mapper, register_mapper
+from .detr_panoptic import DETRPanopticDatasetMapper
+from .panoptic import MaskFormerPanopticDatasetMapper
+from .semantic import MaskFormerSemanticDatasetMapper, build_mask_former_train_augmentations
+
+__all__ = [
+    "DATASET_MAPPER_REGISTRY",
+    "build_train_mapper",
+    "register_mapper",
+    "build_mask_former_train_augmentations",
+    "MaskFormerSemanticDatasetMapper",
+    "MaskFormerPanopticDatasetMapper",
+    "DETRPanopticDatasetMapper",
+]

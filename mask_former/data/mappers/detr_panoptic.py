@@ -1,0 +1,128 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+``detr_panoptic``: the DETR-style mapper used for COCO panoptic.
+
+Shape shorthand in this module: H, W height and width after augmentation; N number of target
+masks (one per non-crowd segment).
+"""
+
+import copy
+import logging
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode, configurable
+from detectron2.data import transforms as T
+
+from .build import register_mapper
+from .common import (
+    check_segments,
+    image_to_tensor,
+    panoptic_instances,
+    read_image,
+    read_panoptic_ids,
+)
+
+__all__ = ["DETRPanopticDatasetMapper"]
+
+logger = logging.getLogger(__name__)
+
+
+@register_mapper("detr_panoptic")
+class DETRPanopticDatasetMapper:
+    """
+    DETR's COCO panoptic recipe. Training: horizontal flip, then with probability 0.5 a
+    resize of the shortest edge to one of (400, 500, 600) followed by a random crop (when
+    INPUT.CROP.ENABLED), then the multi-scale resize of the shortest edge. No padding (the
+    model pads the batch). Evaluation: resize only, and annotations are dropped.
+
+    Output dict keys: "image" (3, H, W) uint8 tensor; in training, "instances" with
+    ``gt_classes`` (N,) int64 and ``gt_masks`` (N, H, W) bool, one per non-crowd segment.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: List[T.Augmentation],
+        crop_augmentations: Optional[List[T.Augmentation]],
+        image_format: str,
+        num_classes: Optional[int] = None,
+    ):
+        """
+        Args:
+            is_train: whether to build training targets.
+            augmentations: always applied; the last one is the final resize.
+            crop_augmentations: inserted before the final resize with probability 0.5
+                (None: never).
+            image_format: an image format accepted by ``detection_utils.read_image``.
+            num_classes: when given, a segment category outside [0, num_classes) raises.
+        """
+        self.is_train = is_train
+        self.augmentations = augmentations
+        self.crop_augmentations = crop_augmentations
+        self.image_format = image_format
+        self.num_classes = num_classes
+        logger.info(
+            "DETRPanopticDatasetMapper augmentations: %s, crop: %s",
+            augmentations, crop_augmentations,
+        )
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict[str, Any]:
+        if is_train:
+            augs = [
+                T.RandomFlip(),
+                T.ResizeShortestEdge(
+                    cfg.INPUT.MIN_SIZE_TRAIN,
+                    cfg.INPUT.MAX_SIZE_TRAIN,
+                    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
+                ),
+            ]
+        else:
+            augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
+        crop = None
+        if is_train and cfg.INPUT.CROP.ENABLED:
+            crop = [
+                T.ResizeShortestEdge([400, 500, 600], sample_style="choice"),
+                T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE),
+            ]
+        return {
+            "is_train": is_train,
+            "augmentations": augs,
+            "crop_augmentations": crop,
+            "image_format": cfg.INPUT.FORMAT,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        }
+
+    def _pick_augmentations(self) -> T.AugmentationList:
+        if self.crop_augmentations is None or np.random.rand() >= 0.5:
+            return T.AugmentationList(self.augmentations)
+        return T.AugmentationList(
+            self.augmentations[:-1] + self.crop_augmentations + self.augmentations[-1:]
+        )
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_image(dataset_dict, self.image_format)
+        pan_ids = None
+        if self.is_train:
+            name = dataset_dict.get("file_name")
+            for key in ("pan_seg_file_name", "segments_info"):
+                if key not in dataset_dict:
+                    raise ValueError(f"Panoptic record of {name!r} has no {key!r}.")
+            pan_ids = read_panoptic_ids(dataset_dict, image.shape[:2])
+            check_segments(pan_ids, dataset_dict["segments_info"], self.num_classes,
+                           dataset_dict["pan_seg_file_name"])
+        aug_input = T.AugInput(image)
+        transforms = self._pick_augmentations()(aug_input)
+        dataset_dict["image"] = image_to_tensor(aug_input.image)
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+            return dataset_dict
+        dataset_dict.pop("annotations", None)
+        pan_seg = torch.as_tensor(transforms.apply_segmentation(pan_ids).astype("long"))
+        dataset_dict["instances"] = panoptic_instances(pan_seg, dataset_dict.pop("segments_info"))
+        return dataset_dict

@@ -1,0 +1,286 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+Hungarian matching between predicted (class, mask) pairs and ground-truth segments.
+
+Shape shorthand in this module:
+
+    B: batch size (number of images)
+    Q: number of queries (predicted segments) of one image
+    K: number of classes; the classifier has K + 1 outputs, the last one being "no object"
+    N: number of ground-truth segments of one image
+    H, W: height and width of the ground-truth masks (padded input resolution)
+    h, w: height and width of the predicted masks (about H/4, W/4)
+    P: number of pixels or sampled points a mask is compared on
+
+Einsum subscripts use ``q`` for predictions, ``n`` for targets and ``p`` for pixels/points.
+"""
+
+import logging
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.projects.point_rend.point_features import point_sample
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+__all__ = [
+    "HungarianMatcher",
+    "pairwise_sigmoid_focal_cost",
+    "pairwise_sigmoid_bce_cost",
+    "pairwise_dice_cost",
+    "sanitize_cost_matrix",
+]
+
+logger = logging.getLogger(__name__)
+
+# Cost given to non-finite entries of a cost matrix: large enough to lose against any real cost
+# (real costs are bounded by a few times the weights), small enough to keep the solver exact.
+NON_FINITE_COST = 1e8
+
+# Set once the non-finite warning was logged, so that a diverging run does not flood the log.
+_warned_non_finite = False
+
+
+def pairwise_sigmoid_focal_cost(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
+    """
+    Sigmoid focal loss of every prediction against every target, averaged over pixels.
+
+    Because a target pixel is either 1 or 0, the per-pixel focal loss splits into a "positive"
+    term weighted by the target and a "negative" term weighted by its complement; two matrix
+    products then give all Q x N pairs without materialising a (Q, N, P) tensor.
+
+    Args:
+        logits (Tensor): predicted mask logits of shape (Q, P).
+        targets (Tensor): binary target masks of shape (N, P), float.
+        alpha (float): weight of the positive pixels (negatives get 1 - alpha); < 0 disables it.
+        gamma (float): focusing exponent.
+
+    Returns:
+        Tensor: cost matrix of shape (Q, N).
+    """
+    num_pixels = logits.shape[1]
+    prob = logits.sigmoid()
+    # softplus(-x) = BCE(x, 1) and softplus(x) = BCE(x, 0), computed stably.
+    loss_pos = (1 - prob) ** gamma * F.softplus(-logits)
+    loss_neg = prob**gamma * F.softplus(logits)
+    if alpha >= 0:
+        loss_pos = loss_pos * alpha
+        loss_neg = loss_neg * (1 - alpha)
+    cost = torch.einsum("qp,np->qn", loss_pos, targets)
+    cost = cost + torch.einsum("qp,np->qn", loss_neg, 1 - targets)
+    return cost / num_pixels
+
+
+def pairwise_sigmoid_bce_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """
+    Binary cross-entropy (with logits) of every prediction against every target, averaged
+    over points. Same positive/negative split as :func:`pairwise_sigmoid_focal_cost`.
+
+    Args:
+        logits (Tensor): predicted mask logits of shape (Q, P).
+        targets (Tensor): target mask values in [0, 1] of shape (N, P).
+
+    Returns:
+        Tensor: cost matrix of shape (Q, N).
+    """
+    num_points = logits.shape[1]
+    cost = torch.einsum("qp,np->qn", F.softplus(-logits), targets)
+    cost = cost + torch.einsum("qp,np->qn", F.softplus(logits), 1 - targets)
+    return cost / num_points
+
+
+def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """
+    Dice loss ``1 - (2 sum(p t) + 1) / (sum(p) + sum(t) + 1)`` of every prediction against
+    every target, with ``p = sigmoid(logits)`` (the +1 smooths empty masks).
+
+    Args:
+        logits (Tensor): predicted mask logits of shape (Q, P).
+        targets (Tensor): target masks of shape (N, P), float.
+
+    Returns:
+        Tensor: cost matrix of shape (Q, N).
+    """
+    prob = logits.sigmoid()
+    numerator = 2 * torch.einsum("qp,np->qn", prob, targets)
+    denominator = prob.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def sanitize_cost_matrix(cost: torch.Tensor) -> torch.Tensor:
+    """
+    Replace non-finite entries (NaN, +-inf, e.g. from a diverging prediction) by
+    ``NON_FINITE_COST`` so that the assignment solver never fails; logs a warning the first
+    time it happens in the process.
+
+    Args:
+        cost (Tensor): cost matrix of shape (Q, N).
+
+    Returns:
+        Tensor: the same matrix with every non-finite entry replaced (a pair with a non-finite
+        cost is treated as the worst possible match).
+    """
+    global _warned_non_finite
+    finite = torch.isfinite(cost)
+    if bool(finite.all()):
+        return cost
+    if not _warned_non_finite:
+        _warned_non_finite = True
+        logger.warning(
+            "Hungarian matcher: %d non-finite entries in a %s cost matrix (NaN/inf in the "
+            "predictions?); they are treated as cost %g. This warning is logged once.",
+            int((~finite).sum()),
+            tuple(cost.shape),
+            NON_FINITE_COST,
+        )
+    return torch.where(finite, cost, torch.full_like(cost, NON_FINITE_COST))
+
+
+class HungarianMatcher(nn.Module):
+    """
+    One-to-one assignment of predictions to ground-truth segments that minimises
+    ``cost_class * (-p(class)) + cost_mask * mask_loss + cost_dice * dice_loss``
+    (MaskFormer, :paper:`MaskFormer`, section 3.2).
+
+    With ``num_points == 0`` (MaskFormer) masks are compared on the prediction grid: targets are
+    nearest-downsampled to (h, w) and the mask term is a sigmoid focal loss. With
+    ``num_points > 0`` (Mask2Former) both are compared on ``num_points`` uniformly random points
+    shared by all predictions and targets of an image, and the mask term is a sigmoid BCE.
+    Images are matched one at a time so that no (B*Q, sum N) matrix is ever built.
+    """
+
+    def __init__(
+        self,
+        cost_class: float = 1.0,
+        cost_mask: float = 1.0,
+        cost_dice: float = 1.0,
+        num_points: int = 0,
+    ):
+        """
+        Args:
+            cost_class (float): weight of the negative class probability.
+            cost_mask (float): weight of the focal (or, with points, BCE) mask cost.
+            cost_dice (float): weight of the dice cost.
+            num_points (int): 0 to compare masks on the prediction grid, > 0 to compare them
+                on that many random points.
+        """
+        super().__init__()
+        if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
+            raise ValueError("HungarianMatcher: cost_class, cost_mask and cost_dice are all 0")
+        if num_points < 0:
+            raise ValueError(f"HungarianMatcher: num_points must be >= 0, got {num_points}")
+        self.cost_class = cost_class
+        self.cost_mask = cost_mask
+        self.cost_dice = cost_dice
+        self.num_points = num_points
+
+    @torch.no_grad()
+    def forward(
+        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
+    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """
+        Args:
+            outputs (dict): ``"pred_logits"`` of shape (B, Q, K+1) and ``"pred_masks"`` of
+                shape (B, Q, h, w) (mask logits).
+            targets (list[dict]): B dicts with ``"labels"`` int64 (N,) and ``"masks"``
+                (N, H, W), bool or float.
+
+        Returns:
+            list[(Tensor, Tensor)]: for each image, (prediction indices, target indices), both
+            int64 of the same length min(Q, N), such that prediction ``i[j]`` is matched to
+            target ``t[j]``.
+        """
+        pred_logits, pred_masks = outputs["pred_logits"], outputs["pred_masks"]
+        if len(targets) != pred_logits.shape[0]:
+            raise ValueError(
+                f"HungarianMatcher: {len(targets)} targets for a batch of {pred_logits.shape[0]}"
+            )
+        return [
+            self._match_one(pred_logits[b], pred_masks[b], target)
+            for b, target in enumerate(targets)
+        ]
+
+    def _match_one(
+        self, logits: torch.Tensor, masks: torch.Tensor, target: Dict[str, torch.Tensor]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Match one image: logits (Q, K+1), masks (Q, h, w), target as in :meth:`forward`."""
+        labels = target["labels"]
+        if labels.numel() == 0:
+            empty = torch.empty(0, dtype=torch.int64)
+            return empty, empty.clone()
+        cost = self.cost_matrix(logits, masks, labels, target["masks"])
+        pred_idx, tgt_idx = linear_sum_assignment(sanitize_cost_matrix(cost).cpu().numpy())
+        return (
+            torch.as_tensor(pred_idx, dtype=torch.int64),
+            torch.as_tensor(tgt_idx, dtype=torch.int64),
+        )
+
+    def cost_matrix(
+        self,
+        logits: torch.Tensor,
+        masks: torch.Tensor,
+        labels: torch.Tensor,
+        tgt_masks: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Weighted matching cost of one image.
+
+        Args:
+            logits (Tensor): class logits of shape (Q, K+1).
+            masks (Tensor): mask logits of shape (Q, h, w).
+            labels (Tensor): target classes, int64 of shape (N,).
+            tgt_masks (Tensor): target masks of shape (N, H, W).
+
+        Returns:
+            Tensor: cost matrix of shape (Q, N) (may hold non-finite values).
+        """
+        # The "1 -" of 1 - p(class) is a constant per target and does not change the matching.
+        cost_class = -logits.softmax(-1)[:, labels]
+        tgt_masks = tgt_masks.to(masks)
+        if self.num_points > 0:
+            pred_flat, tgt_flat = self._sample_points(masks, tgt_masks)
+            # BCE is not safe in reduced precision: compute the mask costs in fp32.
+            with torch.autocast(device_type=masks.device.type, enabled=False):
+                pred_flat, tgt_flat = pred_flat.float(), tgt_flat.float()
+                cost_mask = pairwise_sigmoid_bce_cost(pred_flat, tgt_flat)
+                cost_dice = pairwise_dice_cost(pred_flat, tgt_flat)
+        else:
+            tgt_small = F.interpolate(tgt_masks[:, None], size=masks.shape[-2:], mode="nearest")
+            pred_flat, tgt_flat = masks.flatten(1), tgt_small[:, 0].flatten(1)
+            cost_mask = pairwise_sigmoid_focal_cost(pred_flat, tgt_flat)
+            cost_dice = pairwise_dice_cost(pred_flat, tgt_flat)
+        return (
+            self.cost_mask * cost_mask
+            + self.cost_class * cost_class.to(cost_mask)
+            + self.cost_dice * cost_dice
+        )
+
+    def _sample_points(
+        self, masks: torch.Tensor, tgt_masks: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Sample predictions (Q, h, w) and targets (N, H, W) at the same ``num_points`` uniform
+        random points (normalised coordinates, so the two resolutions need not agree).
+
+        Returns:
+            (Tensor, Tensor): values of shape (Q, P) and (N, P).
+        """
+        coords = torch.rand(1, self.num_points, 2, device=masks.device)
+        pred = point_sample(
+            masks[:, None], coords.expand(masks.shape[0], -1, -1).to(masks), align_corners=False
+        )
+        tgt = point_sample(
+            tgt_masks[:, None],
+            coords.expand(tgt_masks.shape[0], -1, -1).to(tgt_masks),
+            align_corners=False,
+        )
+        return pred[:, 0], tgt[:, 0]
+
+    def extra_repr(self) -> str:
+        return (
+            f"cost_class={self.cost_class}, cost_mask={self.cost_mask}, "
+            f"cost_dice={self.cost_dice}, num_points={self.num_points}"
+        )

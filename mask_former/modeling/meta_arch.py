@@ -1,0 +1,269 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+The MaskFormer meta-architecture: preprocess -> backbone -> head -> criterion (training) or
+semantic / panoptic / instance inference (evaluation).
+
+Shape shorthand in this module:
+
+    B: batch size
+    Q: number of queries
+    K: number of classes
+    N: number of ground-truth segments of an image
+    H, W: height and width of the padded batch; h, w of one image
+"""
+
+import logging
+from typing import Dict, List, Set
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
+from detectron2.modeling.backbone import Backbone
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import BitMasks, ImageList
+from detectron2.utils.memory import retry_if_cuda_oom
+from torch import nn
+
+from .criterion import SetCriterion
+from .inference import instance_inference, panoptic_inference, semantic_inference
+from .matcher import HungarianMatcher
+
+__all__ = ["MaskFormer", "loss_weights", "thing_ids_from_metadata"]
+
+logger = logging.getLogger(__name__)
+
+
+def loss_weights(
+    class_weight: float, mask_weight: float, dice_weight: float, num_aux_layers: int
+) -> Dict[str, float]:
+    """Weights of loss_ce/mask/dice and of their ``_i`` versions for i < num_aux_layers."""
+    base = {"loss_ce": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
+    weights = dict(base)
+    for i in range(num_aux_layers):
+        weights.update({f"{k}_{i}": v for k, v in base.items()})
+    return weights
+
+
+def thing_ids_from_metadata(dataset_name: str) -> Set[int]:
+    """Contiguous ids of the thing classes of a registered dataset (empty if it has none)."""
+    metadata = MetadataCatalog.get(dataset_name)
+    return set(getattr(metadata, "thing_dataset_id_to_contiguous_id", {}).values())
+
+
+@META_ARCH_REGISTRY.register()
+class MaskFormer(nn.Module):
+    """
+    MaskFormer (:paper:`MaskFormer`): a backbone, a head predicting Q (class, mask) pairs, the
+    set criterion for training, and inference turning the pairs into semantic (and optionally
+    panoptic and instance) segmentation.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        sem_seg_head: nn.Module,
+        criterion: nn.Module,
+        weight_dict: Dict[str, float],
+        object_mask_threshold: float,
+        overlap_threshold: float,
+        thing_ids: Set[int],
+        size_divisibility: int,
+        sem_seg_postprocess_before_inference: bool,
+        pixel_mean: List[float],
+        pixel_std: List[float],
+        semantic_on: bool = True,
+        panoptic_on: bool = False,
+        instance_on: bool = False,
+        test_topk_per_image: int = 100,
+    ):
+        """
+        Args:
+            backbone: a detectron2 backbone.
+            sem_seg_head: returns {"pred_logits", "pred_masks", "aux_outputs"} from features.
+            criterion: returns unweighted losses from (outputs, targets).
+            weight_dict: weight of each loss; losses not in it are dropped.
+            object_mask_threshold, overlap_threshold: panoptic inference thresholds.
+            thing_ids: contiguous ids of thing classes (panoptic and instance inference).
+            size_divisibility: pad the batch to a multiple of this (<0: the backbone's).
+            sem_seg_postprocess_before_inference: resize mask logits to the output size before
+                inference (forced by panoptic and instance inference).
+            pixel_mean, pixel_std: per-channel normalisation of the input image.
+            semantic_on, panoptic_on, instance_on: which outputs to produce.
+            test_topk_per_image: instances kept per image by instance inference.
+        """
+        super().__init__()
+        if not (semantic_on or panoptic_on or instance_on):
+            raise ValueError(
+                "MaskFormer: enable at least one of MODEL.MASK_FORMER.TEST.SEMANTIC_ON, "
+                "PANOPTIC_ON and INSTANCE_ON"
+            )
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.criterion = criterion
+        self.weight_dict = dict(weight_dict)
+        self.object_mask_threshold = object_mask_threshold
+        self.overlap_threshold = overlap_threshold
+        self.thing_ids = set(thing_ids)
+        self.size_divisibility = (
+            backbone.size_divisibility if size_divisibility < 0 else size_divisibility
+        )
+        self.sem_seg_postprocess_before_inference = (
+            sem_seg_postprocess_before_inference or panoptic_on or instance_on
+        )
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.semantic_on = semantic_on
+        self.panoptic_on = panoptic_on
+        self.instance_on = instance_on
+        self.test_topk_per_image = test_topk_per_image
+
+    @classmethod
+    def from_config(cls, cfg):
+        mf = cfg.MODEL.MASK_FORMER
+        backbone = build_backbone(cfg)
+        sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
+        num_aux = mf.DEC_LAYERS - 1 if mf.DEEP_SUPERVISION else 0
+        weight_dict = loss_weights(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, num_aux)
+        matcher = HungarianMatcher(
+            cost_class=mf.CLASS_WEIGHT,
+            cost_mask=mf.MASK_WEIGHT,
+            cost_dice=mf.DICE_WEIGHT,
+            num_points=mf.TRAIN_NUM_POINTS,
+        )
+        criterion = SetCriterion(
+            sem_seg_head.num_classes,
+            matcher=matcher,
+            weight_dict=weight_dict,
+            eos_coef=mf.NO_OBJECT_WEIGHT,
+            losses=["labels", "masks"],
+            num_points=mf.TRAIN_NUM_POINTS,
+            oversample_ratio=mf.OVERSAMPLE_RATIO,
+            importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
+        )
+        train_sets = cfg.DATASETS.TRAIN
+        return {
+            "backbone": backbone,
+            "sem_seg_head": sem_seg_head,
+            "criterion": criterion,
+            "weight_dict": weight_dict,
+            "object_mask_threshold": mf.TEST.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": mf.TEST.OVERLAP_THRESHOLD,
+            "thing_ids": thing_ids_from_metadata(train_sets[0]) if train_sets else set(),
+            "size_divisibility": mf.SIZE_DIVISIBILITY,
+            "sem_seg_postprocess_before_inference": (
+                mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE
+            ),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "semantic_on": mf.TEST.SEMANTIC_ON,
+            "panoptic_on": mf.TEST.PANOPTIC_ON,
+            "instance_on": mf.TEST.INSTANCE_ON,
+            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise each (3, h, w) image and pad the batch (with 0) to (B, 3, H, W)."""
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def forward(self, batched_inputs: List[Dict]):
+        """
+        Args:
+            batched_inputs: one dict per image with "image" (3, h, w) in the model's input
+                format, optionally "height"/"width" (output size, in inference) and
+                "instances" (training targets: gt_classes (N,), gt_masks (N, h, w) bool
+                tensor or BitMasks).
+        Returns:
+            training: dict of weighted losses. Inference: one dict per image with "sem_seg"
+            (K, height, width), "panoptic_seg" (tuple of (height, width) int32 ids and
+            segments info) and/or "instances", as enabled.
+        """
+        if self.training and any("instances" not in x for x in batched_inputs):
+            raise ValueError("MaskFormer in training mode needs 'instances' in every input dict")
+        images = self.preprocess_image(batched_inputs)
+        outputs = self.sem_seg_head(self.backbone(images.tensor))
+        if self.training:
+            targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
+            return self.weighted_losses(self.criterion(outputs, targets))
+        return self.inference(outputs, batched_inputs, images)
+
+    def weighted_losses(self, losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Multiply each loss by its weight; drop losses without a weight."""
+        return {k: v * self.weight_dict[k] for k, v in losses.items() if k in self.weight_dict}
+
+    def prepare_targets(self, instances: List, images: ImageList) -> List[Dict[str, torch.Tensor]]:
+        """
+        Targets for the criterion: per image {"labels": (N,) int64, "masks": (N, H, W)}, the
+        masks zero-padded (bottom/right) to the padded batch size.
+        """
+        h_pad, w_pad = images.tensor.shape[-2:]
+        targets = []
+        for inst in instances:
+            masks = inst.gt_masks
+            if isinstance(masks, BitMasks):
+                masks = masks.tensor
+            masks = masks.to(self.device)
+            padded = masks.new_zeros((masks.shape[0], h_pad, w_pad))
+            padded[:, : masks.shape[1], : masks.shape[2]] = masks
+            targets.append({"labels": inst.gt_classes.to(self.device), "masks": padded})
+        return targets
+
+    def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+        """Upsample mask logits to the padded size and run the enabled inferences per image."""
+        mask_cls_all = outputs["pred_logits"]
+        mask_pred_all = F.interpolate(
+            outputs["pred_masks"],
+            size=images.tensor.shape[-2:],
+            mode="bilinear",
+            align_corners=False,
+        )
+        del outputs
+        results = []
+        for mask_cls, mask_pred, inputs, size in zip(
+            mask_cls_all, mask_pred_all, batched_inputs, images.image_sizes
+        ):
+            height, width = inputs.get("height", size[0]), inputs.get("width", size[1])
+            # Full-resolution masks of large images may not fit on the GPU: retry on the CPU.
+            single = retry_if_cuda_oom(self._inference_single)
+            results.append(single(mask_cls, mask_pred, size, height, width))
+        return results
+
+    def _inference_single(
+        self, mask_cls: torch.Tensor, mask_pred: torch.Tensor, size, height: int, width: int
+    ) -> Dict:
+        """mask_cls (Q, K + 1), mask_pred (Q, H, W) of one image -> its output dict."""
+        if self.sem_seg_postprocess_before_inference:
+            mask_pred = sem_seg_postprocess(mask_pred, size, height, width)
+        mask_cls = mask_cls.to(mask_pred.dtype)
+        result = {}
+        if self.semantic_on:
+            semseg = semantic_inference(mask_cls, mask_pred)
+            if not self.sem_seg_postprocess_before_inference:
+                semseg = sem_seg_postprocess(semseg, size, height, width)
+            result["sem_seg"] = semseg
+        if self.panoptic_on:
+            result["panoptic_seg"] = panoptic_inference(
+                mask_cls,
+                mask_pred,
+                self.thing_ids,
+                self.object_mask_threshold,
+                self.overlap_threshold,
+            )
+        if self.instance_on:
+            result["instances"] = instance_inference(
+                mask_cls,
+                mask_pred,
+                self.test_topk_per_image,
+                thing_ids=self.thing_ids if self.panoptic_on else None,
+            )
+        return result

@@ -1,0 +1,392 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""Mapper augmentations, padding, image formats and the errors raised on bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from data_testutils import (
+    COLORS,
+    REGIONS,
+    H,
+    W,
+    ids_to_rgb,
+    layout_image,
+    panoptic_ids,
+    save_image,
+    save_jpg,
+    semantic_labels,
+    unique_prefix,
+    write_ade20k_150,
+    write_coco_panoptic,
+)
+from detectron2.data import DatasetCatalog
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import SizeMismatchError
+from PIL import Image
+from test_data_formats import mini_cfg
+
+from mask_former.data import (
+    DETRPanopticDatasetMapper,
+    MaskFormerPanopticDatasetMapper,
+    MaskFormerSemanticDatasetMapper,
+    build_train_mapper,
+)
+from mask_former.data.datasets import register_ade20k_150, register_coco_panoptic
+from mask_former.data.mappers import build_mask_former_train_augmentations
+
+ADE_CLASSES = {"left": 0, "right": 2, "a": 7, "b": 7, "void": 255}
+
+
+def semantic_mapper(**kwargs):
+    args = dict(augmentations=[], image_format="RGB", ignore_label=255, size_divisibility=-1,
+                num_classes=150)
+    args.update(kwargs)
+    return MaskFormerSemanticDatasetMapper(**args)
+
+
+def sem_record(tmp_path, labels=None, image=None, image_name="img.jpg"):
+    labels = semantic_labels(ADE_CLASSES) if labels is None else labels
+    image = layout_image() if image is None else image
+    image_path = str(tmp_path / image_name)
+    if image_name.endswith(".jpg"):
+        save_jpg(image_path, image)
+    else:
+        save_image(image_path, image)
+    label_path = save_image(str(tmp_path / "label.png"), labels)
+    return {"file_name": image_path, "sem_seg_file_name": label_path}
+
+
+# --- augmentations ---------------------------------------------------------------------------
+
+
+def two_class_record(tmp_path):
+    labels = np.zeros((64, 64), np.uint8)
+    labels[:, 32:] = 1
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, 32:] = 255
+    return sem_record(tmp_path, labels, image)
+
+
+def crop_cfg(max_area):
+    cfg = mini_cfg("ade20k_sem_seg_train", "mask_former_semantic", 150, 255)
+    cfg.INPUT.MIN_SIZE_TRAIN = (64,)
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = (32, 32)
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = max_area
+    return cfg
+
+
+def largest_class_share(sem: torch.Tensor) -> float:
+    return torch.bincount(sem.flatten()).max().item() / sem.numel()
+
+
+def test_crop_single_category_constraint(tmp_path):
+    # 64x64, class 0 left half, class 1 right half, 32x32 crops: a crop starting at column x0
+    # holds 32 - x0 columns of class 0, so the 0.75 limit accepts only 8 < x0 < 24.
+    record = two_class_record(tmp_path)
+    mapper = build_train_mapper(crop_cfg(0.75))
+    shares = [largest_class_share(mapper(record)["sem_seg"]) for _ in range(20)]
+    assert all(s < 0.75 for s in shares), shares
+    # Without the constraint, the same crops often violate it (proves the test can fail).
+    mapper = build_train_mapper(crop_cfg(1.0))
+    shares = [largest_class_share(mapper(record)["sem_seg"]) for _ in range(20)]
+    assert any(s >= 0.75 for s in shares), shares
+
+
+def test_crop_uses_the_configured_ignore_value_and_size(tmp_path):
+    cfg = crop_cfg(0.5)
+    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 77
+    cfg.INPUT.COLOR_AUG_SSD = True
+    augs = build_mask_former_train_augmentations(cfg)
+    names = [type(a).__name__ for a in augs]
+    assert names == ["ResizeShortestEdge", "RandomCrop_CategoryAreaConstraint",
+                     "ColorAugSSDTransform", "RandomFlip"]
+    crop = augs[1]
+    assert crop.ignored_category == 77 and crop.single_category_max_area == 0.5
+    assert crop.crop_aug.crop_type == "absolute" and tuple(crop.crop_aug.crop_size) == (32, 32)
+
+
+def test_color_aug_changes_pixels_but_not_labels(tmp_path):
+    cfg = crop_cfg(1.0)
+    cfg.INPUT.MIN_SIZE_TRAIN = (H,)
+    cfg.INPUT.CROP.ENABLED = False
+    cfg.INPUT.COLOR_AUG_SSD = True
+    record = sem_record(tmp_path)
+    out = build_train_mapper(cfg)(record)
+    labels = torch.as_tensor(semantic_labels(ADE_CLASSES).astype(np.int64))
+    sem = out["sem_seg"][:H, :W]
+    flipped = not torch.equal(sem, labels)
+    assert torch.equal(sem, labels.flip(-1) if flipped else labels)
+    image = torch.as_tensor(layout_image()).permute(2, 0, 1)
+    image = image.flip(-1) if flipped else image
+    assert (out["image"][:, :H, :W].int() - image.int()).abs().float().mean() > 3
+
+
+@pytest.mark.parametrize("size_div, expected", [(32, (32, 32)), (16, (32, 32)), (8, (24, 32)),
+                                                (0, (24, 32)), (-1, (24, 32))])
+def test_padding_to_size_divisibility(tmp_path, size_div, expected):
+    out = semantic_mapper(size_divisibility=size_div)(sem_record(tmp_path))
+    assert tuple(out["image"].shape[1:]) == expected
+    assert tuple(out["sem_seg"].shape) == expected
+    assert out["instances"].image_size == expected
+    assert tuple(out["instances"].gt_masks.shape[1:]) == expected
+    assert (out["image"][:, H:, :] == 128).all() and (out["image"][:, :, W:] == 128).all()
+    assert (out["sem_seg"][H:, :] == 255).all() and (out["sem_seg"][:, W:] == 255).all()
+    assert not out["instances"].gt_masks[:, H:, :].any()
+
+
+def test_panoptic_padding_is_void(tmp_path):
+    root = str(tmp_path)
+    write_coco_panoptic(root)
+    prefix = unique_prefix()
+    register_coco_panoptic(root, prefix)
+    record = DatasetCatalog.get(prefix + "coco_2017_train_panoptic")[0]
+    mapper = MaskFormerPanopticDatasetMapper(
+        augmentations=[], image_format="RGB", ignore_label=255, size_divisibility=32,
+        num_classes=133,
+    )
+    out = mapper(record)
+    masks = out["instances"].gt_masks
+    assert masks.shape == (4, 32, 32)
+    assert not masks[:, H:].any()  # padded rows belong to no segment
+    assert "sem_seg" not in out  # COCO panoptic records have no semantic file
+    # The void corner of the layout is in no mask either.
+    assert not masks[:, :H, :W][:, torch.as_tensor(REGIONS["void"])].any()
+
+
+def test_panoptic_drops_crowd_and_cropped_away_segments(tmp_path):
+    root = str(tmp_path)
+    write_coco_panoptic(root, crowd_b=True)
+    prefix = unique_prefix()
+    register_coco_panoptic(root, prefix)
+    record = DatasetCatalog.get(prefix + "coco_2017_train_panoptic")[0]
+    # A fixed crop of the right half (columns 16..31) removes the left region and square A.
+    crop = T.CropTransform(16, 0, 16, H)
+    mapper = MaskFormerPanopticDatasetMapper(
+        augmentations=[T.RandomCrop("absolute", (H, 16))], image_format="RGB",
+        ignore_label=255, size_divisibility=-1, num_classes=133,
+    )
+    mapper.augmentations = T.AugmentationList([_Fixed(crop)])
+    out = mapper(record)
+    assert out["instances"].gt_classes.tolist() == [119]  # only "right" (sky) is left
+    assert out["instances"].gt_masks.shape == (1, H, 16)
+    assert torch.equal(out["instances"].gt_masks[0],
+                       torch.as_tensor(REGIONS["right"][:, 16:]))
+
+
+class _Fixed(T.Augmentation):
+    """An augmentation that always returns the given transform."""
+
+    def __init__(self, tfm):
+        super().__init__()
+        self.tfm = tfm
+
+    def get_transform(self, image):
+        return self.tfm
+
+
+def test_detr_mapper_crop_branch_and_test_mode(tmp_path):
+    root = str(tmp_path)
+    classes = write_coco_panoptic(root)
+    prefix = unique_prefix()
+    register_coco_panoptic(root, prefix)
+    record = DatasetCatalog.get(prefix + "coco_2017_train_panoptic")[0]
+    cfg = mini_cfg(prefix + "coco_2017_train_panoptic", "detr_panoptic", 133, 255)
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = (200, 200)
+    mapper = build_train_mapper(cfg)
+    assert isinstance(mapper, DETRPanopticDatasetMapper)
+    shapes = set()
+    for _ in range(12):
+        out = mapper(record)
+        shape = tuple(out["image"].shape[1:])
+        shapes.add(shape)
+        inst = out["instances"]
+        assert tuple(inst.gt_masks.shape[1:]) == shape
+        # The masks follow the image content: a mask's pixels have the colour of one region
+        # of its class (squares A and B share a class).
+        image = out["image"].permute(1, 2, 0).numpy().astype(int)
+        for cls, mask in zip(inst.gt_classes.tolist(), inst.gt_masks):
+            pixels = image[mask.numpy()]
+            shares = [(np.abs(pixels - COLORS[n]).max(axis=1) < 40).mean()
+                      for n in ("left", "right", "a", "b") if classes[n] == cls]
+            assert max(shares) > 0.8, (cls, shares)
+    # Without the crop branch the 24x32 image keeps its size; with it, the 200x200 crop of the
+    # 400..600 px upscaled image comes back square at the final short side of 24.
+    assert shapes == {(H, W), (H, H)}
+
+    test_cfg = cfg.clone()
+    test_cfg.INPUT.MIN_SIZE_TEST = 48
+    test_mapper = DETRPanopticDatasetMapper(test_cfg, is_train=False)
+    out = test_mapper({**record, "annotations": []})
+    assert tuple(out["image"].shape[1:]) == (48, 64)
+    assert "instances" not in out and "annotations" not in out
+
+
+def test_build_train_mapper_unknown_name_returns_none():
+    cfg = mini_cfg("ade20k_sem_seg_train", "my_own_mapper", 150, 255)
+    assert build_train_mapper(cfg) is None
+
+
+def test_semantic_mapper_is_train_only():
+    with pytest.raises(ValueError, match="training targets only"):
+        semantic_mapper(is_train=False)
+
+
+def test_ignore_label_comes_from_the_dataset_metadata(tmp_path):
+    root = str(tmp_path)
+    write_ade20k_150(root)
+    prefix = unique_prefix()
+    register_ade20k_150(root, prefix)
+    from detectron2.data import MetadataCatalog
+
+    MetadataCatalog.get(prefix + "ade20k_sem_seg_train")  # registered with ignore_label 255
+    cfg = mini_cfg(prefix + "ade20k_sem_seg_train", "mask_former_semantic", 150, 0)
+    assert build_train_mapper(cfg).ignore_label == 255
+    MetadataCatalog.get("tnoignore_ds")
+    cfg = mini_cfg("tnoignore_ds", "mask_former_semantic", 150, 255)
+    with pytest.raises(ValueError, match="tnoignore_ds.*ignore_label"):
+        build_train_mapper(cfg)
+
+
+# --- image formats -----------------------------------------------------------------------------
+
+
+def test_grayscale_image_becomes_three_channels(tmp_path):
+    gray = layout_image().mean(axis=2).astype(np.uint8)
+    out = semantic_mapper()(sem_record(tmp_path, image=gray))
+    image = out["image"]
+    assert image.shape == (3, H, W)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+    assert (image[0].int() - torch.as_tensor(gray).int()).abs().max() <= 3
+
+
+def test_rgba_image_drops_alpha(tmp_path):
+    rgba = np.concatenate([layout_image(), np.full((H, W, 1), 90, np.uint8)], axis=2)
+    out = semantic_mapper()(sem_record(tmp_path, image=rgba, image_name="img.png"))
+    assert torch.equal(out["image"], torch.as_tensor(layout_image()).permute(2, 0, 1))
+
+
+def test_bgr_format_reverses_channels(tmp_path):
+    out = semantic_mapper(image_format="BGR")(sem_record(tmp_path, image_name="img.png"))
+    assert torch.equal(out["image"], torch.as_tensor(layout_image()[..., ::-1].copy())
+                       .permute(2, 0, 1))
+
+
+def test_exif_rotated_image_is_upright(tmp_path):
+    # Store the layout rotated by 90 degrees with EXIF orientation 6 ("rotate 90 CW to view"):
+    # viewers, and the mapper, must show the upright 24x32 layout that the labels describe.
+    upright = layout_image()
+    stored = np.rot90(upright, k=1).copy()  # 32x24 on disk
+    path = str(tmp_path / "rot.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(path, quality=100, subsampling=0, exif=exif)
+    record = sem_record(tmp_path)
+    record["file_name"] = path
+    out = semantic_mapper()(record)
+    assert out["image"].shape == (3, H, W)
+    diff = (out["image"].permute(1, 2, 0).int() - torch.as_tensor(upright).int()).abs()
+    assert diff.float().mean() < 4
+
+
+def test_sixteen_bit_png_labels(tmp_path):
+    labels = semantic_labels({"left": 3, "right": 300, "a": 846, "b": 846, "void": 65535},
+                             dtype=np.uint16)
+    record = sem_record(tmp_path, labels=labels)
+    out = semantic_mapper(ignore_label=65535, num_classes=847)(record)
+    assert torch.equal(out["sem_seg"], torch.as_tensor(labels.astype(np.int64)))
+    assert out["instances"].gt_classes.tolist() == [3, 300, 846]
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_label_outside_class_range(tmp_path):
+    labels = semantic_labels({**ADE_CLASSES, "a": 200})
+    record = sem_record(tmp_path, labels=labels)
+    with pytest.raises(ValueError, match=r"label\.png.*\[200\].*\[0, 150\)"):
+        semantic_mapper()(record)
+
+
+def test_label_map_size_differs_from_image(tmp_path):
+    record = sem_record(tmp_path, labels=semantic_labels(ADE_CLASSES)[:, :30])
+    with pytest.raises(ValueError, match=r"label\.png.*30x24.*img\.jpg.*32x24"):
+        semantic_mapper()(record)
+
+
+def test_record_size_differs_from_image(tmp_path):
+    record = {**sem_record(tmp_path), "height": 10, "width": 10}
+    with pytest.raises(SizeMismatchError, match="img.jpg"):
+        semantic_mapper()(record)
+
+
+@pytest.mark.parametrize("field", ["file_name", "sem_seg_file_name"])
+def test_missing_file(tmp_path, field):
+    record = sem_record(tmp_path)
+    os.remove(record[field])
+    with pytest.raises(FileNotFoundError, match=os.path.basename(record[field])):
+        semantic_mapper()(record)
+
+
+def test_semantic_record_without_label_or_with_annotations(tmp_path):
+    record = sem_record(tmp_path)
+    with pytest.raises(ValueError, match="annotations"):
+        semantic_mapper()({**record, "annotations": []})
+    with pytest.raises(ValueError, match="sem_seg_file_name"):
+        semantic_mapper()({"file_name": record["file_name"]})
+
+
+def write_pan_record(tmp_path, segments):
+    ids = panoptic_ids({"left": 11, "right": 12, "a": 300, "b": 301})
+    pan = save_image(str(tmp_path / "pan.png"), ids_to_rgb(ids))
+    image = save_jpg(str(tmp_path / "img.jpg"), layout_image())
+    return {"file_name": image, "pan_seg_file_name": pan, "segments_info": segments}
+
+
+def pan_mapper():
+    return MaskFormerPanopticDatasetMapper(
+        augmentations=[], image_format="RGB", ignore_label=255, size_divisibility=-1,
+        num_classes=10,
+    )
+
+
+def test_panoptic_segment_absent_from_png(tmp_path):
+    record = write_pan_record(tmp_path, [{"id": 11, "category_id": 1, "iscrowd": 0},
+                                         {"id": 999, "category_id": 2, "iscrowd": 0}])
+    with pytest.raises(ValueError, match=r"Segment id 999.*pan\.png"):
+        pan_mapper()(record)
+
+
+def test_panoptic_category_outside_class_range(tmp_path):
+    record = write_pan_record(tmp_path, [{"id": 11, "category_id": 10, "iscrowd": 0}])
+    with pytest.raises(ValueError, match=r"Segment id 11.*pan\.png.*category_id 10"):
+        pan_mapper()(record)
+
+
+def test_panoptic_without_semantic_file_constrains_crop_on_segments(tmp_path):
+    segments = [{"id": i, "category_id": c, "iscrowd": 0}
+                for i, c in [(11, 1), (12, 2), (300, 3), (301, 3)]]
+    record = write_pan_record(tmp_path, segments)
+    mapper = pan_mapper()
+    mapper.augmentations = T.AugmentationList(
+        [T.RandomCrop_CategoryAreaConstraint("absolute", (H, 16), 0.9, 255)]
+    )
+    out = mapper(record)  # needs a semantic map: derived from the segments
+    assert out["instances"].gt_masks.shape[1:] == (H, 16)
+
+
+def test_panoptic_json_with_unknown_category(tmp_path):
+    from mask_former.data.datasets.common import load_panoptic_json
+
+    path = tmp_path / "pan.json"
+    path.write_text(json.dumps({"annotations": [{"image_id": 1, "file_name": "x.png",
+                                                 "segments_info": [{"id": 5,
+                                                                    "category_id": 42}]}]}))
+    with pytest.raises(ValueError, match=r"category_id 42"):
+        load_panoptic_json(str(path), "img", "pan", None, {1: 0}, {2: 1})

@@ -1,0 +1,115 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+One training step of a tiny MaskFormer (ResNet-18, small head) on the targets the train mapper
+makes from each miniature dataset format: the losses are finite and positive, the gradients
+reach the backbone and the classifier, and an optimizer step changes the weights.
+"""
+
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+from test_data_formats import FORMATS, register_format
+
+from mask_former.data import build_train_mapper
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: threads only add contention on a shared 2-core machine (seconds per test).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model_cfg(cfg):
+    """A small MaskFormer on ResNet-18 with the base pixel decoder and 2 decoder layers."""
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.META_ARCHITECTURE = "MaskFormer"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"
+    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
+    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 32
+    cfg.MODEL.SEM_SEG_HEAD.NORM = "GN"
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "res5"
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 32
+    cfg.MODEL.MASK_FORMER.NHEADS = 2
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 64
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 2
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 6
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.0
+    return cfg
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_one_training_step(tmp_path, fmt):
+    name, _, cfg = register_format(tmp_path, fmt)
+    cfg = tiny_model_cfg(cfg)
+    record = DatasetCatalog.get(name)[0]
+    mapper = build_train_mapper(cfg)
+    batch = [mapper(record), mapper(record)]
+
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    before = {k: p.detach().clone() for k, p in params.items()}
+    optimizer = torch.optim.SGD(params.values(), lr=0.1)
+    with EventStorage():
+        losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total) and total.item() > 0, losses
+    optimizer.zero_grad()
+    total.backward()
+    grads = {k: p.grad for k, p in params.items() if p.grad is not None}
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert any("backbone" in k and g.abs().sum() > 0 for k, g in grads.items())
+    assert any("class_embed" in k or "class_predictor" in k for k in grads), sorted(grads)[:5]
+    optimizer.step()
+    changed = [k for k, p in params.items() if not torch.equal(p.detach(), before[k])]
+    assert len(changed) > len(params) // 2
+
+
+@pytest.mark.parametrize("kind, mapper_name", [("sem_seg", "mask_former_semantic"),
+                                               ("panoptic", "mask_former_panoptic"),
+                                               ("panoptic", "detr_panoptic")])
+def test_one_training_step_on_shapes(tmp_path, monkeypatch, kind, mapper_name):
+    from data_testutils import unique_prefix
+    from test_data_formats import mini_cfg
+
+    from mask_former.data import shapes
+    from mask_former.data.datasets import register_shapes
+
+    monkeypatch.setattr(shapes, "SHAPES_SPLITS", {"train": (20211, 2), "val": (20212, 1)})
+    prefix = unique_prefix()
+    register_shapes(str(tmp_path), prefix)
+    name = f"{prefix}shapes_{kind}_train"
+    cfg = tiny_model_cfg(mini_cfg(name, mapper_name, 6, 255))
+    cfg.INPUT.MIN_SIZE_TRAIN = (96, 128)
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = (96, 96)
+    cfg.INPUT.COLOR_AUG_SSD = True
+    cfg.INPUT.SIZE_DIVISIBILITY = 96 if mapper_name != "detr_panoptic" else -1
+    mapper = build_train_mapper(cfg)
+    batch = [mapper(r) for r in DatasetCatalog.get(name)]
+    assert all(len(b["instances"]) > 0 for b in batch)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    with EventStorage():
+        losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total) and total.item() > 0
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -1,0 +1,358 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""SetCriterion and its losses: hand-computed values, edge cases, point sampling, distributed."""
+
+import math
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+import yaml
+
+from mask_former.modeling.criterion import (
+    SetCriterion,
+    average_num_masks,
+    dice_loss,
+    sigmoid_bce_loss,
+    sigmoid_focal_loss,
+)
+from mask_former.modeling.matcher import HungarianMatcher
+
+FIXTURE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "tiny_swin_semantic"
+
+
+class FixedMatcher(torch.nn.Module):
+    """Returns preset (prediction, target) indices, to test the losses apart from matching."""
+
+    def __init__(self, indices):
+        super().__init__()
+        self.indices = [(torch.tensor(p), torch.tensor(t)) for p, t in indices]
+        self.calls = 0
+
+    def forward(self, outputs, targets):
+        self.calls += 1
+        return self.indices
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_sigmoid_focal_loss_hand_values():
+    # Pixel (x=0, t=1): p_t = 0.5, BCE = ln 2, (1-p_t)^2 = 0.25, alpha_t = 0.25 -> ln2 / 16.
+    # Pixel (x=0, t=0): same but alpha_t = 0.75 -> 3 ln2 / 16.
+    # Pixel (x=ln 3, t=1): p = 0.75, BCE = ln(4/3), (0.25)^2 = 1/16, alpha 0.25 -> ln(4/3) / 64.
+    # Pixel (x=ln 3, t=0): p = 0.75, BCE = ln 4, 0.75^2, alpha 0.75 -> 0.421875 ln 4.
+    logits = torch.tensor([[0.0, 0.0], [math.log(3), math.log(3)]])
+    targets = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    mask0 = (math.log(2) / 16 + 3 * math.log(2) / 16) / 2
+    mask1 = (math.log(4 / 3) / 64 + 0.421875 * math.log(4)) / 2
+    loss = sigmoid_focal_loss(logits, targets, num_masks=4.0)
+    assert loss.item() == pytest.approx((mask0 + mask1) / 4, rel=1e-6)
+
+
+def test_sigmoid_bce_loss_hand_values():
+    # Mask 0: (ln 2 + ln 2) / 2; mask 1: (ln(4/3) + ln 4) / 2; divided by num_masks = 2.
+    logits = torch.tensor([[0.0, 0.0], [math.log(3), math.log(3)]])
+    targets = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    expected = (math.log(2) + (math.log(4 / 3) + math.log(4)) / 2) / 2
+    assert sigmoid_bce_loss(logits, targets, 2.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dice_loss_hand_values():
+    # Mask 0: p = 0.5 x 4, t = (1,1,0,0): 1 - (2*1 + 1) / (2 + 2 + 1) = 0.4.
+    # Mask 1: p = (0.75, 0.25, 0.75, 0.25), t = (1,0,0,0): 1 - (1.5 + 1) / (2 + 1 + 1) = 0.375.
+    x = math.log(3)
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [x, -x, x, -x]])
+    targets = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    assert dice_loss(logits, targets, 3.0).item() == pytest.approx((0.4 + 0.375) / 3, rel=1e-6)
+
+
+def _toy_batch(seed: int = 0, num_classes: int = 4):
+    """2 images, Q=5 queries, masks 3x4 predicted for 12x16 targets (3 and 1 segments)."""
+    gen = torch.Generator().manual_seed(seed)
+    outputs = {
+        "pred_logits": torch.randn(2, 5, num_classes + 1, generator=gen),
+        "pred_masks": torch.randn(2, 5, 3, 4, generator=gen) * 3,
+    }
+    targets = [
+        {"labels": torch.tensor([2, 0, 2]), "masks": torch.rand(3, 12, 16, generator=gen) > 0.5},
+        {"labels": torch.tensor([3]), "masks": torch.rand(1, 12, 16, generator=gen) > 0.5},
+    ]
+    return outputs, targets
+
+
+def test_ce_uses_no_object_weight():
+    outputs, targets = _toy_batch()
+    indices = [([4, 1, 2], [0, 2, 1]), ([0], [0])]
+    crit = SetCriterion(4, FixedMatcher(indices), {}, eos_coef=0.1, losses=("labels",))
+    assert crit.empty_weight.tolist() == pytest.approx([1, 1, 1, 1, 0.1])
+    assert "empty_weight" in crit.state_dict()
+    # Expected classes per query: unmatched -> 4 (no object), weight 0.1.
+    classes = [[4, 2, 0, 4, 2], [3, 4, 4, 4, 4]]
+    num, den = 0.0, 0.0
+    for b in range(2):
+        for q in range(5):
+            row = outputs["pred_logits"][b, q].tolist()
+            c = classes[b][q]
+            nll = -(row[c] - math.log(sum(math.exp(v) for v in row)))
+            w = 0.1 if c == 4 else 1.0
+            num, den = num + w * nll, den + w
+    losses = crit(outputs, targets)
+    assert set(losses) == {"loss_ce"}
+    assert losses["loss_ce"].item() == pytest.approx(num / den, rel=1e-5)
+
+
+def _upsampled_focal_and_dice(outputs, targets, indices):
+    """Independent full-resolution mask losses: explicit per-pixel formulas over matched pairs."""
+    focal, dice, count = 0.0, 0.0, sum(len(t["labels"]) for t in targets)
+    for b, (pred_idx, tgt_idx) in enumerate(indices):
+        for q, n in zip(pred_idx, tgt_idx):
+            up = F.interpolate(
+                outputs["pred_masks"][b, q][None, None].double(),
+                size=targets[b]["masks"].shape[-2:],
+                mode="bilinear",
+                align_corners=False,
+            ).flatten()
+            t = targets[b]["masks"][n].double().flatten()
+            p = up.sigmoid()
+            ce = -(t * p.log() + (1 - t) * (1 - p).log())
+            p_t = p * t + (1 - p) * (1 - t)
+            alpha_t = 0.25 * t + 0.75 * (1 - t)
+            focal += (alpha_t * (1 - p_t) ** 2 * ce).mean().item()
+            dice += 1 - (2 * (p * t).sum().item() + 1) / (p.sum().item() + t.sum().item() + 1)
+    return focal / count, dice / count
+
+
+def test_full_resolution_mask_losses_match_explicit_computation():
+    outputs, targets = _toy_batch()
+    indices = [([4, 1, 2], [0, 2, 1]), ([0], [0])]
+    crit = SetCriterion(4, FixedMatcher(indices), {}, eos_coef=0.1, losses=("masks",))
+    losses = crit(outputs, targets)
+    focal, dice = _upsampled_focal_and_dice(outputs, targets, indices)
+    assert set(losses) == {"loss_mask", "loss_dice"}
+    assert losses["loss_mask"].item() == pytest.approx(focal, rel=1e-5)
+    assert losses["loss_dice"].item() == pytest.approx(dice, rel=1e-5)
+
+
+def test_aux_outputs_get_suffixed_losses_and_own_matching():
+    outputs, targets = _toy_batch()
+    aux = [_toy_batch(seed=s)[0] for s in (1, 2)]
+    outputs["aux_outputs"] = aux
+    matcher = FixedMatcher([([4, 1, 2], [0, 2, 1]), ([0], [0])])
+    crit = SetCriterion(4, matcher, {}, eos_coef=0.1)
+    losses = crit(outputs, targets)
+    names = {"loss_ce", "loss_mask", "loss_dice"}
+    assert set(losses) == names | {f"{n}_{i}" for n in names for i in (0, 1)}
+    assert matcher.calls == 3
+    alone = SetCriterion(4, matcher, {}, eos_coef=0.1)(aux[1], targets)
+    for name in names:
+        assert losses[f"{name}_1"].item() == pytest.approx(alone[name].item(), rel=1e-6)
+
+
+def _perfect_case():
+    """
+    One image, K = 2, two targets at 24 x 32 and 4 queries at 6 x 8: queries 0 and 1 predict
+    targets 1 and 0 with logits of +-100, queries 2 and 3 predict "no object". Targets vary
+    along one axis only (stripes of 4 pixels), so that the bilinear upsampling of the
+    predictions keeps every pixel on the right side with |logit| >= 25 (a corner of a mask would
+    not: there bilinear interpolation mixes three cells of the other sign).
+    """
+    gen = torch.Generator().manual_seed(4)
+    cols = (torch.rand(8, generator=gen) > 0.5).repeat_interleave(4).expand(24, 32)
+    rows = (torch.rand(6, generator=gen) > 0.5).repeat_interleave(4)[:, None].expand(24, 32)
+    gt = torch.stack([cols, rows])
+    logits = torch.full((1, 4, 3), -100.0)
+    logits[0, 0, 1] = logits[0, 1, 0] = 100.0  # query 0 -> class 1, query 1 -> class 0
+    logits[0, 2:, 2] = 100.0  # queries 2, 3 -> no object
+    masks = torch.full((1, 4, 6, 8), -100.0)
+    masks[0, 0] = gt[1, ::4, ::4].float() * 200 - 100
+    masks[0, 1] = gt[0, ::4, ::4].float() * 200 - 100
+    outputs = {"pred_logits": logits, "pred_masks": masks}
+    return outputs, [{"labels": torch.tensor([0, 1]), "masks": gt}]
+
+
+def test_perfect_prediction_gives_near_zero_losses():
+    outputs, targets = _perfect_case()
+    crit = SetCriterion(2, HungarianMatcher(1.0, 20.0, 1.0), {}, 0.1)
+    losses = crit(outputs, targets)
+    for name, value in losses.items():
+        assert 0 <= value.item() < 1e-4, name
+    # Sanity: the same masks given to the wrong targets are far from zero.
+    bad = SetCriterion(2, FixedMatcher([([0, 1], [0, 1])]), {}, 0.1)
+    assert bad(outputs, targets)["loss_dice"].item() > 0.1
+
+
+def test_perfect_prediction_point_sampled():
+    # Point sampling interpolates the targets bilinearly, so points near a mask edge get soft
+    # targets and the BCE cannot reach 0 there (importance sampling would even pick exactly
+    # those points, so uniform points are used); away from edges it is ~0, so the loss stays
+    # far below that of a wrong assignment, and the point matcher finds the right one.
+    torch.manual_seed(0)
+    outputs, targets = _perfect_case()
+    kwargs = dict(num_points=500, oversample_ratio=3.0, importance_sample_ratio=0.0)
+    matcher = HungarianMatcher(2.0, 5.0, 5.0, num_points=500)
+    good = SetCriterion(2, matcher, {}, 0.1, **kwargs)(outputs, targets)
+    bad = SetCriterion(2, FixedMatcher([([0, 1], [0, 1])]), {}, 0.1, **kwargs)(outputs, targets)
+    assert good["loss_ce"].item() < 1e-4
+    for name in ("loss_mask", "loss_dice"):
+        assert good[name].item() < 0.1 * bad[name].item(), (name, good[name], bad[name])
+
+
+@pytest.mark.parametrize("num_points", [0, 100])
+def test_zero_gt_gives_finite_losses_and_gradients(num_points):
+    outputs, targets = _toy_batch()
+    outputs = {k: v.clone().requires_grad_() for k, v in outputs.items()}
+    empty = {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 12, 16)}
+    matcher = HungarianMatcher(1.0, 20.0, 1.0, num_points=num_points)
+    crit = SetCriterion(4, matcher, {}, 0.1, num_points=num_points)
+
+    # One empty image beside a non-empty one.
+    losses = crit(outputs, [empty, targets[1]])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+    # A batch without any segment: every query must predict "no object" (class 4).
+    losses = crit(outputs, [empty, empty])
+    assert losses["loss_mask"].item() == 0 and losses["loss_dice"].item() == 0
+    expected_ce = -outputs["pred_logits"].detach().log_softmax(-1)[..., 4].mean()
+    assert losses["loss_ce"].item() == pytest.approx(expected_ce.item(), rel=1e-6)
+    sum(losses.values()).backward()
+    assert torch.isfinite(outputs["pred_logits"].grad).all()
+    assert outputs["pred_logits"].grad.abs().sum() > 0
+    assert torch.isfinite(outputs["pred_masks"].grad).all()
+
+
+def _smooth_case():
+    """
+    Predictions (2, 8, 8) and targets (2, 32, 32) whose outer ring is 0, so that sampling
+    points near the border (zero padding in grid_sample) and full-resolution upsampling
+    (border clamping) see the same values.
+    """
+    gen = torch.Generator().manual_seed(5)
+    pred = torch.randn(2, 8, 8, generator=gen) * 3
+    pred[:, [0, -1], :] = 0
+    pred[:, :, [0, -1]] = 0
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    disc = ((yy - 14) ** 2 + (xx - 17) ** 2) < 81
+    square = (yy > 5) & (yy < 20) & (xx > 8) & (xx < 28)
+    return pred, torch.stack([disc, square])
+
+
+def _full_resolution_bce_and_dice(pred, gt):
+    up = F.interpolate(pred[:, None].double(), size=gt.shape[-2:], mode="bilinear")
+    p, t = up[:, 0].flatten(1).sigmoid(), gt.double().flatten(1)
+    bce = -(t * p.log() + (1 - t) * (1 - p).log()).mean(1)
+    dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+    return bce.sum().item() / 2, dice.sum().item() / 2
+
+
+def test_uniform_point_losses_approach_full_resolution():
+    pred, gt = _smooth_case()
+    outputs = {"pred_logits": torch.zeros(1, 2, 3), "pred_masks": pred[None]}
+    targets = [{"labels": torch.tensor([0, 1]), "masks": gt}]
+    bce_full, dice_full = _full_resolution_bce_and_dice(pred, gt)
+    errors = []
+    for num_points in (30, 3000, 200000):
+        torch.manual_seed(0)
+        crit = SetCriterion(
+            2,
+            FixedMatcher([([0, 1], [0, 1])]),
+            {},
+            0.1,
+            losses=("masks",),
+            num_points=num_points,
+            oversample_ratio=1.0,
+            importance_sample_ratio=0.0,
+        )
+        losses = crit(outputs, targets)
+        errors.append(
+            (
+                abs(losses["loss_mask"].item() - bce_full) / bce_full,
+                abs(losses["loss_dice"].item() - dice_full) / dice_full,
+            )
+        )
+    assert errors[-1][0] < errors[0][0] and errors[-1][1] < errors[0][1], errors
+    assert errors[-1][0] < 0.01 and errors[-1][1] < 0.01, errors
+
+
+def test_criterion_rejects_bad_arguments():
+    matcher = HungarianMatcher()
+    with pytest.raises(ValueError, match="unknown losses"):
+        SetCriterion(4, matcher, {}, 0.1, losses=("labels", "boxes"))
+    with pytest.raises(ValueError, match="importance_sample_ratio"):
+        SetCriterion(4, matcher, {}, 0.1, num_points=10, importance_sample_ratio=1.5)
+    outputs, targets = _toy_batch()
+    targets[1]["labels"] = torch.tensor([4])  # == K: out of range
+    with pytest.raises(ValueError, match=r"targets\[1\]\['labels'\].*\[4\]"):
+        SetCriterion(4, matcher, {}, 0.1)(outputs, targets)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _num_masks_worker(rank: int, port: int, counts, results) -> None:
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+    )
+    try:
+        out = []
+        for per_rank in counts:
+            targets = [{"labels": torch.zeros(per_rank[rank], dtype=torch.int64)}]
+            out.append(average_num_masks(targets, torch.device("cpu")))
+        results.put((rank, out))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_num_masks_is_averaged_over_workers():
+    # (rank 0, rank 1) segment counts -> averages 2.0, 0.5 clamped to 1, 0 clamped to 1.
+    counts = [(3, 1), (1, 0), (0, 0)]
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    mp.start_processes(
+        _num_masks_worker, args=(_free_port(), counts, results), nprocs=2, start_method="spawn"
+    )
+    got = dict(results.get() for _ in range(2))
+    assert got == {0: [2.0, 1.0, 1.0], 1: [2.0, 1.0, 1.0]}
+    # Without a process group, the local count is used.
+    assert average_num_masks([{"labels": torch.zeros(3)}], torch.device("cpu")) == 3.0
+
+
+def test_losses_match_reference_fixture():
+    """The fixture's training losses, from its head outputs (dropout is 0, so the inference
+    outputs equal the training ones) and its targets padded to the 96 x 128 batch."""
+    data = np.load(FIXTURE / "io.npz")
+    cfg = yaml.safe_load((FIXTURE / "config.yaml").read_text())["MODEL"]
+    mf = cfg["MASK_FORMER"]
+    assert mf["DROPOUT"] == 0
+
+    def head(prefix):
+        return {
+            "pred_logits": torch.from_numpy(data[f"{prefix}pred_logits"]),
+            "pred_masks": torch.from_numpy(data[f"{prefix}pred_masks"]),
+        }
+
+    outputs = head("")
+    outputs["aux_outputs"] = [head(f"aux{i}_") for i in range(mf["DEC_LAYERS"] - 1)]
+    height, width = (4 * s for s in outputs["pred_masks"].shape[-2:])
+    targets = []
+    for i in range(2):
+        masks = torch.from_numpy(data[f"gt_masks{i}"])
+        padded = torch.zeros(len(masks), height, width, dtype=torch.bool)
+        padded[:, : masks.shape[1], : masks.shape[2]] = masks
+        targets.append({"labels": torch.from_numpy(data[f"gt_classes{i}"]).long(), "masks": padded})
+    matcher = HungarianMatcher(1.0, mf["MASK_WEIGHT"], mf["DICE_WEIGHT"])
+    crit = SetCriterion(cfg["SEM_SEG_HEAD"]["NUM_CLASSES"], matcher, {}, mf["NO_OBJECT_WEIGHT"])
+    losses = crit(outputs, targets)
+    weights = {"ce": 1.0, "mask": mf["MASK_WEIGHT"], "dice": mf["DICE_WEIGHT"]}
+    reference = dict(zip(data["loss_names"].tolist(), data["loss_values"].tolist()))
+    assert set(losses) == set(reference)
+    for name, value in reference.items():
+        weight = weights[name.split("_")[1]]
+        assert losses[name].item() * weight == pytest.approx(value, rel=1e-4), name

@@ -1,0 +1,67 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""tools/analyze_model.py on the tiny shapes MaskFormer (no dataset needed with a fixed size)."""
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+
+CONFIG = "configs/shapes/maskformer_panoptic_R18_bs8_1200.yaml"
+
+
+def _conv_macs_by_hooks(module: nn.Module, run) -> int:
+    """Multiply-accumulates of every Conv2d in ``module``, from the output shapes of a run."""
+    total = 0
+
+    def hook(conv, inputs, output):
+        nonlocal total
+        kh, kw = conv.kernel_size
+        total += output.numel() * (conv.in_channels // conv.groups) * kh * kw
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    run()
+    for h in handles:
+        h.remove()
+    return total
+
+
+def test_flops_and_parameters_of_the_shapes_model(tool, capsys):
+    analyze = tool("analyze_model")
+    # 64 x 64 inputs keep the traced runs short.
+    opts = ["INPUT.CROP.SIZE", "[64, 64]"]
+    report = analyze.main(
+        ["--tasks", "parameter", "flop", "activation", "--num-inputs", "1",
+         "--use-fixed-input-size", "--config-file", CONFIG] + opts
+    )  # fmt: skip
+    args = analyze.default_argument_parser().parse_args(["--config-file", CONFIG] + opts)
+    cfg = analyze.setup(args)
+    model = build_model(cfg).eval()
+    num_params = sum(p.numel() for p in model.parameters())
+    assert f"{num_params / 1e6:.3f}M" in report  # first row of the parameter table
+    assert "Total GFLOPs" in report and "over 1 input(s)" in report
+    assert "Total M activations" in report
+    assert report in capsys.readouterr().out
+
+    # The backbone's count is exactly its convolutions' multiply-accumulates (BatchNorm,
+    # ReLU and max-pooling are not counted), computed here from forward hooks.
+    size = cfg.INPUT.CROP.SIZE[0]
+    (image,) = list(analyze.iter_images(cfg, 1, fixed_input_size=True))
+    assert image.shape == (3, size, size)
+    with torch.no_grad():
+        (analysis,) = analyze.run_analyses(FlopCountAnalysis, model, [image])
+        expected = _conv_macs_by_hooks(model.backbone, lambda: model([{"image": image}]))
+    assert analysis.by_module()["model.backbone"] == expected
+    # ResNet-18 stem: 64 x 3 x 7 x 7 weights applied at (64 / 2)^2 positions.
+    assert analysis.by_module()["model.backbone.stem.conv1"] == 64 * 3 * 49 * 32 * 32
+    total = analysis.total()
+    assert expected < total < 1.5 * expected  # the head is small next to the backbone
+    assert f"Total GFLOPs: {total / 1e9:.3f} +- 0.000" in report
+
+
+def test_bad_arguments_are_rejected(tool):
+    analyze = tool("analyze_model")
+    with pytest.raises(SystemExit):
+        analyze.main(["--tasks", "flop", "--num-inputs", "0", "--config-file", CONFIG])
+    with pytest.raises(SystemExit):
+        analyze.main(["--tasks", "speed", "--config-file", CONFIG])

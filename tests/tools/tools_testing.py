@@ -1,0 +1,25 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""Shared helpers of the tests of configs/, demo/ and tools/."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_script(relative_path: str):
+    """Import a script of the repository (e.g. ``tools/convert-torchvision-to-d2.py``)."""
+    path = REPO_ROOT / relative_path
+    name = "_script_" + path.stem.replace("-", "_")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module

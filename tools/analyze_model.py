@@ -1,0 +1,207 @@
+#!/usr/bin/env python
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+Count the parameters, FLOPs and activations of a model, or print its structure.
+
+Usage:
+    # Semantic models: FLOPs at the training crop size (no dataset needed).
+    python tools/analyze_model.py --tasks flop --num-inputs 1 --use-fixed-input-size \
+        --config-file configs/ade20k-150/maskformer_R50_bs16_160k.yaml
+    # Panoptic models: FLOPs averaged over 100 validation images (needs the dataset).
+    python tools/analyze_model.py --tasks flop --num-inputs 100 \
+        --config-file configs/coco-panoptic/maskformer_panoptic_R50_bs64_554k.yaml
+    python tools/analyze_model.py --tasks parameter structure --config-file ...
+
+FLOPs and activations are counted by fvcore on a traced run of the model in eval mode
+(inference post-processing included), one image at a time; the tool prints the per-module
+table of the first input and the mean and standard deviation of the totals over all inputs.
+Element-wise operations are not counted, as in Detectron2's analysis tools.
+"""
+
+import logging
+import sys
+from collections import Counter
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import build_detection_test_loader
+from detectron2.engine import default_argument_parser
+from detectron2.modeling import build_model
+from detectron2.projects.deeplab import add_deeplab_config
+from detectron2.utils.logger import setup_logger
+from fvcore.nn import (
+    ActivationCountAnalysis,
+    FlopCountAnalysis,
+    flop_count_table,
+    parameter_count_table,
+)
+from torch import nn
+
+from mask_former import add_mask_former_config
+from mask_former.utils import fall_back_to_cpu
+
+logger = logging.getLogger("mask_former.analyze_model")
+
+TASKS = ("flop", "activation", "parameter", "structure")
+
+# Element-wise and bookkeeping operators left out of the counts, like Detectron2's analysis
+# tools do (its module cannot be imported without caffe2 in Detectron2 0.6): their cost is
+# small next to convolutions and matrix products, and fvcore has no formula for most of them.
+IGNORED_OPS = (
+    "aten::add", "aten::add_", "aten::sub", "aten::rsub", "aten::mul", "aten::mul_",
+    "aten::div", "aten::div_", "aten::neg", "aten::reciprocal", "aten::sqrt", "aten::exp",
+    "aten::log2", "aten::sigmoid", "aten::sigmoid_", "aten::softmax", "aten::argmax",
+    "aten::argsort", "aten::sort", "aten::batch_norm", "aten::constant_pad_nd",
+    "aten::max_pool2d", "aten::meshgrid", "aten::nonzero_numpy",
+)  # fmt: skip
+
+
+class TensorOutputs(nn.Module):
+    """
+    Wrap a Detectron2 model so that it takes one image tensor and returns only tensors,
+    which is what tracing (and so fvcore's counters) accepts: the model's outputs
+    ("sem_seg", "panoptic_seg" = (ids, segments_info), "instances") carry Python objects.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        """image: (3, H, W) in the model's input format; returns a tuple of output tensors."""
+        (output,) = self.model([{"image": image}])
+        tensors = []
+        if "sem_seg" in output:
+            tensors.append(output["sem_seg"])
+        if "panoptic_seg" in output:
+            tensors.append(output["panoptic_seg"][0])
+        if "instances" in output:
+            fields = output["instances"].get_fields()
+            tensors.extend(v for v in fields.values() if torch.is_tensor(v))
+            tensors.extend(v.tensor for v in fields.values() if hasattr(v, "tensor"))
+        return tuple(tensors)
+
+
+def setup(args) -> CfgNode:
+    """Build the frozen config of the model to analyze."""
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    add_mask_former_config(cfg)
+    cfg.merge_from_file(args.config_file, allow_unsafe=False)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.merge_from_list(args.opts)
+    setup_logger(name="fvcore")
+    setup_logger(name="mask_former")
+    fall_back_to_cpu(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def iter_images(cfg: CfgNode, num_inputs: int, fixed_input_size: bool) -> Iterable[torch.Tensor]:
+    """
+    Yield ``num_inputs`` image tensors (3, H, W): zeros of the training crop size
+    (CROP.SIZE[0] x CROP.SIZE[0]) with ``fixed_input_size``, else test-set images resized as
+    at test time (DATASETS.TEST[0] must be available).
+    """
+    if fixed_input_size:
+        size = cfg.INPUT.CROP.SIZE[0]
+        for _ in range(num_inputs):
+            yield torch.zeros((3, size, size), dtype=torch.uint8)
+        return
+    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
+    for count, batch in enumerate(loader):
+        if count >= num_inputs:
+            break
+        yield batch[0]["image"]
+
+
+def _count_nothing(inputs, outputs) -> Counter:
+    return Counter()
+
+
+def run_analyses(analysis_cls, model: nn.Module, images: Iterable[torch.Tensor]) -> List:
+    """Run one fvcore analysis per image, with Detectron2's list of ignored operators."""
+    wrapper = TensorOutputs(model).eval()
+    analyses = []
+    for image in images:
+        analysis = analysis_cls(wrapper, (image,))
+        # A zero-count handle rather than None: fvcore still counts an op that has a built-in
+        # handle (e.g. batch_norm) when it is merely marked as ignored.
+        analysis.set_op_handle(**{op: _count_nothing for op in IGNORED_OPS})
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        analysis.total()  # runs the trace now, under no_grad below
+        analyses.append(analysis)
+    return analyses
+
+
+def _summarize(name: str, unit: str, analyses: Sequence, scale: float) -> str:
+    totals = np.array([a.total() / scale for a in analyses])
+    by_operator: Dict[str, float] = Counter()
+    for a in analyses:
+        for op, value in a.by_operator().items():
+            by_operator[op] += value / scale / len(analyses)
+    table = flop_count_table(analyses[0], max_depth=5)
+    ops = ", ".join(f"{op}: {v:.3f}" for op, v in sorted(by_operator.items()))
+    return (
+        f"{name} table of the first input (raw counts, module by module):\n{table}\n"
+        f"Average {unit} per operator: {ops}\n"
+        f"Total {unit}: {totals.mean():.3f} +- {totals.std():.3f} over {len(totals)} input(s)"
+    )
+
+
+@torch.no_grad()
+def analyze(cfg: CfgNode, tasks: Sequence[str], num_inputs: int, fixed_input_size: bool) -> str:
+    """Run the requested analyses on the model of ``cfg``; return the report text."""
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    model.eval()
+    reports = []
+    for task in tasks:
+        if task == "parameter":
+            reports.append("Parameter count:\n" + parameter_count_table(model, max_depth=5))
+        elif task == "structure":
+            reports.append("Model structure:\n" + str(model))
+        else:
+            images = iter_images(cfg, num_inputs, fixed_input_size)
+            counter = FlopCountAnalysis if task == "flop" else ActivationCountAnalysis
+            analyses = run_analyses(counter, model, images)
+            if not analyses:
+                raise ValueError(f"No input image for the {task} analysis: the test set is empty")
+            if task == "flop":
+                reports.append(_summarize("Flop", "GFLOPs", analyses, 1e9))
+            else:
+                reports.append(_summarize("Activation", "M activations", analyses, 1e6))
+    return "\n\n".join(reports)
+
+
+def main(argv: Optional[List[str]] = None) -> str:
+    parser = default_argument_parser(
+        epilog="Example: python tools/analyze_model.py --tasks flop parameter --num-inputs 1 "
+        "--use-fixed-input-size --config-file configs/shapes/maskformer_R18_bs8_1200.yaml"
+    )
+    parser.add_argument("--tasks", choices=TASKS, required=True, nargs="+")
+    parser.add_argument(
+        "-n", "--num-inputs", default=100, type=int, help="number of inputs to average over"
+    )
+    parser.add_argument(
+        "--use-fixed-input-size",
+        action="store_true",
+        help="use zero images of the training crop size instead of test images",
+    )
+    args = parser.parse_args(argv)
+    if args.eval_only or args.num_gpus > 1:
+        parser.error("analyze_model runs in one process and has no --eval-only mode")
+    if args.num_inputs < 1:
+        parser.error(f"--num-inputs must be at least 1, got {args.num_inputs}")
+    cfg = setup(args)
+    report = analyze(cfg, args.tasks, args.num_inputs, args.use_fixed_input_size)
+    print(report)
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
