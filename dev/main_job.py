@@ -74,7 +74,7 @@ def main() -> None:
     root = os.getenv("DETECTRON2_DATASETS", "datasets")
     py, timings, start = sys.executable, {}, time.time()
 
-    _run("dataset", [py, "-m", "mask_former.data.shapes", "--root", root], timings)
+    _run("dataset", [py, "-m", "mask_former.data", "--root", root], timings)
     train = [py, "train_net.py", "--config-file", args.config_file, "--num-gpus",
              str(args.num_gpus), "--dist-url", "auto", "OUTPUT_DIR", out]
     _run("train+eval", train + args.opts, timings)

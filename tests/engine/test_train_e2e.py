@@ -5,6 +5,7 @@ evaluation, ``--eval-only``, ``--resume``, and 2-process CPU (gloo) training.
 """
 
 import argparse
+import functools
 import json
 import os
 from pathlib import Path
@@ -16,23 +17,43 @@ from detectron2.data.samplers import TrainingSampler
 
 import train_net
 from mask_former.data import MaskFormerPanopticDatasetMapper
-from mask_former.data.datasets import register_shapes
-from mask_former.data.shapes import generate_split, shapes_dir
+from mask_former.data.datasets.common import load_panoptic_json, register_dataset
+from mask_former.data.datasets.shapes import shapes_metadata
+from mask_former.data.shapes import SHAPES_SPLITS, generate_split, shapes_dir
 from mask_former.engine import Trainer, get_mask_former_cfg, launch
 
 PREFIX = "engine_e2e_"
 TRAIN, VAL = PREFIX + "shapes_panoptic_train", PREFIX + "shapes_panoptic_val"
 
 
+def _register_tiny_shapes(root: str) -> None:
+    """
+    Register the tiny panoptic shapes splits under ``root`` (in every process that needs them).
+    Registered directly rather than through ``register_shapes``, whose loaders would replace a
+    dataset of other split sizes by the full one.
+    """
+    base, meta = shapes_dir(root), shapes_metadata()
+    for name, split in ((TRAIN, "train"), (VAL, "val")):
+        panoptic_json = os.path.join(base, f"panoptic_{split}.json")
+        dirs = {key: os.path.join(base, key, split) for key in ("images", "panoptic", "sem_seg")}
+        loader = functools.partial(
+            load_panoptic_json, panoptic_json, dirs["images"], dirs["panoptic"], dirs["sem_seg"],
+            meta["thing_dataset_id_to_contiguous_id"], meta["stuff_dataset_id_to_contiguous_id"],
+        )
+        register_dataset(name, loader, {
+            **meta, "image_root": dirs["images"], "sem_seg_root": dirs["sem_seg"],
+            "panoptic_root": dirs["panoptic"], "panoptic_json": panoptic_json,
+            "evaluator_type": "coco_panoptic_seg",
+        })
+
+
 @pytest.fixture(scope="module")
 def datasets_root(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("datasets"))
     base = shapes_dir(root)
-    generate_split(base, "train", seed=11, num_images=4)
-    generate_split(base, "val", seed=12, num_images=2)
-    with open(os.path.join(base, "COMPLETE"), "w") as f:
-        f.write("{}")  # marks the dataset as generated (the generator's own marker)
-    register_shapes(root, name_prefix=PREFIX)
+    generate_split(base, "train", seed=SHAPES_SPLITS["train"][0], num_images=4)
+    generate_split(base, "val", seed=SHAPES_SPLITS["val"][0], num_images=2)
+    _register_tiny_shapes(root)
     return root
 
 
@@ -97,7 +118,7 @@ def _metrics(out_dir: str):
 
 def _register_and_run(root: str, func, *args):
     # Spawned processes start fresh: register the tiny dataset there too.
-    register_shapes(root, name_prefix=PREFIX)
+    _register_tiny_shapes(root)
     return func(*args)
 
 
@@ -112,7 +133,7 @@ def test_train_with_eval_then_eval_only_gives_the_same_metrics(datasets_root, tm
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
     # The same numbers were logged after the last iteration (storage iteration = MAX_ITER).
     last = _metrics(out)[-1]
-    assert last["iteration"] == 2
+    assert last["iteration"] == 3  # the evaluation after the 3 iterations
     assert last["sem_seg/mIoU"] == pytest.approx(trained["sem_seg"]["mIoU"])
 
     weights = os.path.join(out, "model_final.pth")
@@ -170,7 +191,7 @@ def test_two_cpu_processes_train_and_evaluate(datasets_root, tmp_path):
         log = f.read()
     assert "World size: 2" in log
     last = _metrics(out)[-1]
-    assert last["iteration"] == 2
+    assert last["iteration"] == 3  # the evaluation after the 3 iterations
     assert "panoptic_seg/PQ" in last and "sem_seg/mIoU" in last
 
 
