@@ -20,7 +20,7 @@ import os
 from typing import Any, Dict, List
 
 from .categories import ade20k_150_categories
-from .common import load_panoptic_json, register_dataset
+from .common import load_panoptic_json, panoptic_class_metadata, register_dataset
 
 __all__ = ["register_ade20k_panoptic", "ade20k_panoptic_metadata"]
 
@@ -32,19 +32,7 @@ def ade20k_panoptic_metadata() -> Dict[str, Any]:
     id); ``stuff_dataset_id_to_contiguous_id`` covers all 150 classes because SemSegEvaluator
     maps every predicted label through it.
     """
-    categories = ade20k_150_categories()
-    names = [c["name"] for c in categories]
-    colors = [c["color"] for c in categories]
-    return {
-        "thing_classes": names,
-        "thing_colors": colors,
-        "stuff_classes": names,
-        "stuff_colors": colors,
-        "thing_dataset_id_to_contiguous_id": {
-            c["id"]: i for i, c in enumerate(categories) if c["isthing"]
-        },
-        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories)},
-    }
+    return panoptic_class_metadata(ade20k_150_categories())
 
 
 def register_ade20k_panoptic(root: str, name_prefix: str = "") -> List[str]:

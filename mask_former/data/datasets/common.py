@@ -91,6 +91,28 @@ def register_sem_seg_splits(
     return registered
 
 
+def panoptic_class_metadata(categories: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """
+    Class names, colours and id maps of a panoptic dataset whose contiguous id is the index in
+    ``categories`` (dicts with "id", "name", "color", "isthing"). Both name lists hold every
+    class, indexed by contiguous id (the visualizer's convention), and
+    ``stuff_dataset_id_to_contiguous_id`` covers all classes because SemSegEvaluator maps every
+    predicted label through it.
+    """
+    names = [c["name"] for c in categories]
+    colors = [c["color"] for c in categories]
+    return {
+        "thing_classes": names,
+        "thing_colors": colors,
+        "stuff_classes": names,
+        "stuff_colors": colors,
+        "thing_dataset_id_to_contiguous_id": {
+            c["id"]: i for i, c in enumerate(categories) if c["isthing"]
+        },
+        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories)},
+    }
+
+
 def set_missing_metadata(name: str, **metadata: Any) -> None:
     """Set metadata keys of ``name`` that are not set yet (detectron2 refuses to change them)."""
     meta = MetadataCatalog.get(name)

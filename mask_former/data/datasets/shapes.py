@@ -19,26 +19,15 @@ from typing import Any, Dict, List
 from detectron2.data.datasets import load_sem_seg
 
 from ..shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_dir
-from .common import load_panoptic_json, register_dataset
+from .common import load_panoptic_json, panoptic_class_metadata, register_dataset
 
 __all__ = ["register_shapes", "shapes_metadata"]
 
 
 def shapes_metadata() -> Dict[str, Any]:
     """Class names, colours and id maps shared by both formats of shapes."""
-    names = [c["name"] for c in SHAPES_CATEGORIES]
-    colors = [c["color"] for c in SHAPES_CATEGORIES]
     return {
-        # Every class in both lists, indexed by contiguous id (the visualizer's convention).
-        "thing_classes": names,
-        "thing_colors": colors,
-        "stuff_classes": names,
-        "stuff_colors": colors,
-        "thing_dataset_id_to_contiguous_id": {
-            c["id"]: i for i, c in enumerate(SHAPES_CATEGORIES) if c["isthing"]
-        },
-        # All classes: SemSegEvaluator maps every predicted label through this.
-        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(SHAPES_CATEGORIES)},
+        **panoptic_class_metadata(SHAPES_CATEGORIES),
         "ignore_label": 255,
         "label_divisor": 1000,
     }
