@@ -1,6 +1,7 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """Parameter groups (LR multiplier, weight decays) and gradient clipping of the optimizer."""
 
+import copy
 import math
 
 import pytest
@@ -170,3 +171,25 @@ def test_detectron2_value_clipping_still_available():
 def test_full_model_clipping_rejects_non_positive_norm():
     with pytest.raises(ValueError, match="max_grad_norm"):
         with_full_model_gradient_clipping(torch.optim.SGD, 0.0)
+
+
+def test_built_adamw_is_fused_and_steps_like_the_reference_loop():
+    torch.manual_seed(0)
+    model = _Toy()
+    reference = copy.deepcopy(model)
+    reference_start = copy.deepcopy(model)
+    cfg = _cfg(OPTIMIZER="ADAMW", BASE_LR=1e-2, **{"CLIP_GRADIENTS.ENABLED": False})
+    fused = build_optimizer(cfg, model)
+    assert all(group["fused"] for group in fused.param_groups)
+    loop = build_optimizer(cfg, reference)
+    for group in loop.param_groups:
+        group["fused"] = False
+    targets = [torch.randn_like(p) for p in model.parameters()]
+    for _ in range(3):
+        for net, opt in ((model, fused), (reference, loop)):
+            opt.zero_grad()
+            sum((p - t).pow(2).sum() for p, t in zip(net.parameters(), targets)).backward()
+            opt.step()
+    assert not torch.equal(model.head.linear.weight, reference_start.head.linear.weight)
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
