@@ -96,6 +96,25 @@ def test_dataset_properties(small_shapes):
     assert set(np.unique(all_labels)) == set(range(6))
 
 
+
+def test_squares_are_axis_aligned_and_triangles_point_up():
+    h, w, size = 120, 120, 20.0
+    square = shapes._shape_mask("square", (60, 60), size, h, w)
+    ys, xs = np.nonzero(square)
+    # An axis-aligned square fills its bounding box.
+    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    assert square.sum() == box
+    triangle = shapes._shape_mask("triangle", (60, 60), size, h, w)
+    widths = triangle.sum(axis=1)
+    rows = np.nonzero(widths)[0]
+    # Apex up: the rows widen downwards, the base is the last row.
+    assert widths[rows[0]] <= 3 and widths[rows[-1]] == widths.max()
+    assert np.all(np.diff(widths[rows]) >= 0)
+    # About the same area for the three shapes at a given size.
+    areas = [shapes._shape_mask(k, (60, 60), size, h, w).sum()
+             for k in ("circle", "square", "triangle")]
+    assert max(areas) < 1.25 * min(areas), areas
+
 def colour_keys(images, levels):
     q = 256 // levels
     pix = np.concatenate([im.reshape(-1, 3) for im in images]).astype(np.int64) // q
