@@ -7,7 +7,8 @@ Train:
     ./train_net.py --num-gpus 8 --config-file configs/ade20k-150/maskformer_R50_bs16_160k.yaml
 With one GPU, also set e.g. ``SOLVER.IMS_PER_BATCH 2 SOLVER.BASE_LR 0.00005`` (AdamW recipes
 have no linear LR scaling rule). Without CUDA, or with MODEL.DEVICE cpu, ``--num-gpus N`` runs
-N CPU processes (gloo backend); on a 2-core machine, 2 processes train faster than 1.
+N CPU processes (gloo backend); on a 2-core machine, one process (2 threads) trains the shapes
+recipe faster than two.
 
 Evaluate (``TEST.AUG.ENABLED True`` adds multi-scale + flip test-time augmentation):
     ./train_net.py --config-file <config.yaml> --eval-only MODEL.WEIGHTS /path/to/model_final.pth
