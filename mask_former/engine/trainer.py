@@ -3,6 +3,7 @@
 
 import logging
 import os
+import time
 import weakref
 from collections import OrderedDict
 from typing import Dict, Optional
@@ -35,6 +36,44 @@ def _ddp_kwargs(model: nn.Module) -> Dict:
     return {"device_ids": None} if on_cpu else {}
 
 
+class BFloat16Trainer(SimpleTrainer):
+    """
+    Mixed precision on the CPU (SOLVER.AMP.ENABLED with a CPU model): the forward pass runs under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)``, so convolutions and matrix products use
+    bfloat16 while parameters, gradients and the optimizer stay in float32; matching and losses
+    are computed in float32 (see SetCriterion). bfloat16 has float32's exponent range, so unlike
+    detectron2's (CUDA, float16) AMPTrainer no loss scaling is needed.
+    """
+
+    def run_step(self) -> None:
+        assert self.model.training, "[BFloat16Trainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            loss_dict = self.model(data)
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
+def _step_trainer_class(cfg: CfgNode) -> type:
+    """The per-iteration trainer: float32, CUDA float16 AMP or CPU bfloat16 AMP."""
+    device = str(cfg.MODEL.DEVICE)
+    if not cfg.SOLVER.AMP.ENABLED:
+        return SimpleTrainer
+    if device.startswith("cuda"):
+        return AMPTrainer
+    if device == "cpu":
+        return BFloat16Trainer
+    raise ValueError(
+        f"SOLVER.AMP.ENABLED=True: no mixed precision for MODEL.DEVICE {device!r} "
+        "(float16 on 'cuda', bfloat16 on 'cpu')"
+    )
+
+
 class Trainer(DefaultTrainer):
     """
     DefaultTrainer for MaskFormer: the train loader uses the mapper named by
@@ -50,17 +89,16 @@ class Trainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        if cfg.SOLVER.AMP.ENABLED and not str(cfg.MODEL.DEVICE).startswith("cuda"):
-            raise ValueError(
-                f"SOLVER.AMP.ENABLED=True needs CUDA, but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}"
-            )
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
 
         model = self.build_model(cfg)
+        trainer_cls = _step_trainer_class(cfg)
+        if trainer_cls is BFloat16Trainer:
+            # oneDNN's bfloat16 convolutions are fastest on NHWC weights (and activations).
+            model = model.to(memory_format=torch.channels_last)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False, **_ddp_kwargs(model))
-        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)

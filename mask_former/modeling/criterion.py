@@ -29,6 +29,8 @@ from detectron2.projects.point_rend.point_features import (
 )
 from torch import nn
 
+from .matcher import float_outputs
+
 __all__ = [
     "SetCriterion",
     "sigmoid_focal_loss",
@@ -224,11 +226,15 @@ class SetCriterion(nn.Module):
             ``_i`` versions for every auxiliary output i.
         """
         self._check_labels(targets)
-        num_masks = average_num_masks(targets, outputs["pred_logits"].device)
-        losses = self._layer_losses(outputs, targets, num_masks)
-        for i, aux_outputs in enumerate(outputs.get("aux_outputs", [])):
-            aux_losses = self._layer_losses(aux_outputs, targets, num_masks)
-            losses.update({f"{name}_{i}": value for name, value in aux_losses.items()})
+        device = outputs["pred_logits"].device
+        num_masks = average_num_masks(targets, device)
+        # Losses in float32, also when the model ran under autocast (see SOLVER.AMP.ENABLED).
+        with torch.autocast(device_type=device.type, enabled=False):
+            outputs = float_outputs(outputs)
+            losses = self._layer_losses(outputs, targets, num_masks)
+            for i, aux_outputs in enumerate(outputs.get("aux_outputs", [])):
+                aux_losses = self._layer_losses(aux_outputs, targets, num_masks)
+                losses.update({f"{name}_{i}": value for name, value in aux_losses.items()})
         return losses
 
     def _check_labels(self, targets: List[Dict[str, torch.Tensor]]) -> None:

@@ -16,7 +16,7 @@ Einsum subscripts use ``q`` for predictions, ``n`` for targets and ``p`` for pix
 """
 
 import logging
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ __all__ = [
     "pairwise_sigmoid_bce_cost",
     "pairwise_dice_cost",
     "sanitize_cost_matrix",
+    "float_outputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,21 @@ NON_FINITE_COST = 1e8
 
 # Set once the non-finite warning was logged, so that a diverging run does not flood the log.
 _warned_non_finite = False
+
+
+def float_outputs(outputs: Dict[str, object]) -> Dict[str, object]:
+    """
+    ``outputs`` with every tensor, also those of ``outputs["aux_outputs"]``, in float32: costs
+    and losses are computed in full precision even when the model ran under autocast.
+    """
+    converted = {}
+    for key, value in outputs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.float()
+        elif key == "aux_outputs":
+            value = [float_outputs(aux) for aux in value]
+        converted[key] = value
+    return converted
 
 
 def pairwise_sigmoid_focal_cost(
@@ -53,15 +69,15 @@ def pairwise_sigmoid_focal_cost(
     products then give all Q x N pairs without materialising a (Q, N, P) tensor.
 
     Args:
-        logits (Tensor): predicted mask logits of shape (Q, P).
-        targets (Tensor): binary target masks of shape (N, P), float.
+        logits (Tensor): predicted mask logits of shape (..., Q, P).
+        targets (Tensor): binary target masks of shape (..., N, P), float.
         alpha (float): weight of the positive pixels (negatives get 1 - alpha); < 0 disables it.
         gamma (float): focusing exponent.
 
     Returns:
-        Tensor: cost matrix of shape (Q, N).
+        Tensor: cost matrices of shape (..., Q, N).
     """
-    num_pixels = logits.shape[1]
+    num_pixels = logits.shape[-1]
     prob = logits.sigmoid()
     # softplus(-x) = BCE(x, 1) and softplus(x) = BCE(x, 0), computed stably.
     loss_pos = (1 - prob) ** gamma * F.softplus(-logits)
@@ -69,8 +85,8 @@ def pairwise_sigmoid_focal_cost(
     if alpha >= 0:
         loss_pos = loss_pos * alpha
         loss_neg = loss_neg * (1 - alpha)
-    cost = torch.einsum("qp,np->qn", loss_pos, targets)
-    cost = cost + torch.einsum("qp,np->qn", loss_neg, 1 - targets)
+    cost = torch.einsum("...qp,...np->...qn", loss_pos, targets)
+    cost = cost + torch.einsum("...qp,...np->...qn", loss_neg, 1 - targets)
     return cost / num_pixels
 
 
@@ -80,15 +96,15 @@ def pairwise_sigmoid_bce_cost(logits: torch.Tensor, targets: torch.Tensor) -> to
     over points. Same positive/negative split as :func:`pairwise_sigmoid_focal_cost`.
 
     Args:
-        logits (Tensor): predicted mask logits of shape (Q, P).
-        targets (Tensor): target mask values in [0, 1] of shape (N, P).
+        logits (Tensor): predicted mask logits of shape (..., Q, P).
+        targets (Tensor): target mask values in [0, 1] of shape (..., N, P).
 
     Returns:
-        Tensor: cost matrix of shape (Q, N).
+        Tensor: cost matrices of shape (..., Q, N).
     """
-    num_points = logits.shape[1]
-    cost = torch.einsum("qp,np->qn", F.softplus(-logits), targets)
-    cost = cost + torch.einsum("qp,np->qn", F.softplus(logits), 1 - targets)
+    num_points = logits.shape[-1]
+    cost = torch.einsum("...qp,...np->...qn", F.softplus(-logits), targets)
+    cost = cost + torch.einsum("...qp,...np->...qn", F.softplus(logits), 1 - targets)
     return cost / num_points
 
 
@@ -98,15 +114,15 @@ def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     every target, with ``p = sigmoid(logits)`` (the +1 smooths empty masks).
 
     Args:
-        logits (Tensor): predicted mask logits of shape (Q, P).
-        targets (Tensor): target masks of shape (N, P), float.
+        logits (Tensor): predicted mask logits of shape (..., Q, P).
+        targets (Tensor): target masks of shape (..., N, P), float.
 
     Returns:
-        Tensor: cost matrix of shape (Q, N).
+        Tensor: cost matrices of shape (..., Q, N).
     """
     prob = logits.sigmoid()
-    numerator = 2 * torch.einsum("qp,np->qn", prob, targets)
-    denominator = prob.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    numerator = 2 * torch.einsum("...qp,...np->...qn", prob, targets)
+    denominator = prob.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
     return 1 - (numerator + 1) / (denominator + 1)
 
 
@@ -139,6 +155,20 @@ def sanitize_cost_matrix(cost: torch.Tensor) -> torch.Tensor:
     return torch.where(finite, cost, torch.full_like(cost, NON_FINITE_COST))
 
 
+def _downsample(masks: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Nearest-downsample float masks (N, H, W) to ``size`` (h, w); returns (N, h * w)."""
+    return F.interpolate(masks[:, None], size=tuple(size), mode="nearest").flatten(1)
+
+
+def _assign(cost: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Minimum-cost one-to-one assignment of a (Q, N) cost matrix: (prediction, target) indices."""
+    if cost.shape[1] == 0:
+        empty = torch.empty(0, dtype=torch.int64)
+        return empty, empty.clone()
+    pred_idx, tgt_idx = linear_sum_assignment(sanitize_cost_matrix(cost).numpy())
+    return torch.as_tensor(pred_idx, dtype=torch.int64), torch.as_tensor(tgt_idx, dtype=torch.int64)
+
+
 class HungarianMatcher(nn.Module):
     """
     One-to-one assignment of predictions to ground-truth segments that minimises
@@ -149,7 +179,9 @@ class HungarianMatcher(nn.Module):
     nearest-downsampled to (h, w) and the mask term is a sigmoid focal loss. With
     ``num_points > 0`` (Mask2Former) both are compared on ``num_points`` uniformly random points
     shared by all predictions and targets of an image, and the mask term is a sigmoid BCE.
-    Images are matched one at a time so that no (B*Q, sum N) matrix is ever built.
+    On the grid, the costs of all images are computed at once, on targets padded to the largest
+    N of the batch (a (B, Q, max N) tensor; never the (B*Q, sum N) cross product); each image
+    is then solved on its own block.
     """
 
     def __init__(
@@ -198,25 +230,36 @@ class HungarianMatcher(nn.Module):
             raise ValueError(
                 f"HungarianMatcher: {len(targets)} targets for a batch of {pred_logits.shape[0]}"
             )
-        return [
-            self._match_one(pred_logits[b], pred_masks[b], target)
-            for b, target in enumerate(targets)
-        ]
+        # Costs in float32, also under autocast (bfloat16 cannot even reach the solver).
+        with torch.autocast(device_type=pred_logits.device.type, enabled=False):
+            costs = self._image_costs(pred_logits.float(), pred_masks.float(), targets)
+        return [_assign(cost) for cost in costs]
 
-    def _match_one(
-        self, logits: torch.Tensor, masks: torch.Tensor, target: Dict[str, torch.Tensor]
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Match one image: logits (Q, K+1), masks (Q, h, w), target as in :meth:`forward`."""
-        labels = target["labels"]
-        if labels.numel() == 0:
-            empty = torch.empty(0, dtype=torch.int64)
-            return empty, empty.clone()
-        cost = self.cost_matrix(logits, masks, labels, target["masks"])
-        pred_idx, tgt_idx = linear_sum_assignment(sanitize_cost_matrix(cost).cpu().numpy())
-        return (
-            torch.as_tensor(pred_idx, dtype=torch.int64),
-            torch.as_tensor(tgt_idx, dtype=torch.int64),
-        )
+    def _image_costs(
+        self, logits: torch.Tensor, masks: torch.Tensor, targets: List[Dict[str, torch.Tensor]]
+    ) -> List[torch.Tensor]:
+        """
+        Cost matrices (Q, N_b) on the CPU, one per image b, from logits (B, Q, K+1) and mask
+        logits (B, Q, h, w).
+        """
+        if self.num_points > 0:
+            # Points are drawn per image: each image has its own set.
+            return [
+                self.cost_matrix(logits[b], masks[b], t["labels"], t["masks"]).cpu()
+                for b, t in enumerate(targets)
+            ]
+        sizes = [len(t["labels"]) for t in targets]
+        batch, _, h, w = masks.shape
+        labels = torch.zeros((batch, max(sizes)), dtype=torch.int64, device=logits.device)
+        tgt_flat = masks.new_zeros((batch, max(sizes), h * w))
+        for b, (target, n) in enumerate(zip(targets, sizes)):
+            if n:
+                labels[b, :n] = target["labels"].to(logits.device)
+                tgt_flat[b, :n] = _downsample(target["masks"].to(masks), (h, w))
+        cost = self._weighted_cost(
+            logits, masks.flatten(2), labels, tgt_flat, pairwise_sigmoid_focal_cost
+        ).cpu()
+        return [cost[b, :, :n] for b, n in enumerate(sizes)]
 
     def cost_matrix(
         self,
@@ -226,7 +269,7 @@ class HungarianMatcher(nn.Module):
         tgt_masks: torch.Tensor,
     ) -> torch.Tensor:
         """
-        Weighted matching cost of one image.
+        Weighted matching cost of one image, in the dtype of ``masks``.
 
         Args:
             logits (Tensor): class logits of shape (Q, K+1).
@@ -237,25 +280,38 @@ class HungarianMatcher(nn.Module):
         Returns:
             Tensor: cost matrix of shape (Q, N) (may hold non-finite values).
         """
-        # The "1 -" of 1 - p(class) is a constant per target and does not change the matching.
-        cost_class = -logits.softmax(-1)[:, labels]
         tgt_masks = tgt_masks.to(masks)
         if self.num_points > 0:
             pred_flat, tgt_flat = self._sample_points(masks, tgt_masks)
-            # BCE is not safe in reduced precision: compute the mask costs in fp32.
-            with torch.autocast(device_type=masks.device.type, enabled=False):
-                pred_flat, tgt_flat = pred_flat.float(), tgt_flat.float()
-                cost_mask = pairwise_sigmoid_bce_cost(pred_flat, tgt_flat)
-                cost_dice = pairwise_dice_cost(pred_flat, tgt_flat)
-        else:
-            tgt_small = F.interpolate(tgt_masks[:, None], size=masks.shape[-2:], mode="nearest")
-            pred_flat, tgt_flat = masks.flatten(1), tgt_small[:, 0].flatten(1)
-            cost_mask = pairwise_sigmoid_focal_cost(pred_flat, tgt_flat)
-            cost_dice = pairwise_dice_cost(pred_flat, tgt_flat)
+            return self._weighted_cost(
+                logits, pred_flat, labels, tgt_flat, pairwise_sigmoid_bce_cost
+            )
+        tgt_flat = _downsample(tgt_masks, masks.shape[-2:])
+        return self._weighted_cost(
+            logits, masks.flatten(1), labels, tgt_flat, pairwise_sigmoid_focal_cost
+        )
+
+    def _weighted_cost(
+        self,
+        logits: torch.Tensor,
+        pred_flat: torch.Tensor,
+        labels: torch.Tensor,
+        tgt_flat: torch.Tensor,
+        mask_cost: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """
+        ``cost_class * (-p(class)) + cost_mask * mask_cost + cost_dice * dice`` of logits
+        (..., Q, K+1), mask logits (..., Q, P), labels (..., N) and targets (..., N, P); returns
+        (..., Q, N).
+        """
+        # The "1 -" of 1 - p(class) is a constant per target and does not change the matching.
+        prob = logits.softmax(-1)
+        index = labels.unsqueeze(-2).expand(*prob.shape[:-1], labels.shape[-1])
+        cost_class = -torch.gather(prob, -1, index)
         return (
-            self.cost_mask * cost_mask
-            + self.cost_class * cost_class.to(cost_mask)
-            + self.cost_dice * cost_dice
+            self.cost_mask * mask_cost(pred_flat, tgt_flat)
+            + self.cost_class * cost_class.to(pred_flat)
+            + self.cost_dice * pairwise_dice_cost(pred_flat, tgt_flat)
         )
 
     def _sample_points(

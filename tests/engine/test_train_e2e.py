@@ -14,6 +14,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
+from detectron2.engine import AMPTrainer, SimpleTrainer
 
 import train_net
 from mask_former.data import MaskFormerPanopticDatasetMapper
@@ -21,6 +22,7 @@ from mask_former.data.datasets.common import load_panoptic_json, register_datase
 from mask_former.data.datasets.shapes import shapes_metadata
 from mask_former.data.shapes import SHAPES_SPLITS, generate_split, shapes_dir
 from mask_former.engine import Trainer, get_mask_former_cfg, launch
+from mask_former.engine.trainer import BFloat16Trainer, _step_trainer_class
 
 PREFIX = "engine_e2e_"
 TRAIN, VAL = PREFIX + "shapes_panoptic_train", PREFIX + "shapes_panoptic_val"
@@ -237,7 +239,50 @@ def test_distributed_mask_losses_equal_single_process(datasets_root, tmp_path):
     assert results[1]["loss_mask"] > 0 and results[1]["loss_dice"] > 0
 
 
-def test_amp_on_cpu_is_a_clear_error(tmp_path):
-    cfg = _tiny_cfg(str(tmp_path), **{"SOLVER.AMP.ENABLED": True})
-    with pytest.raises(ValueError, match="AMP.*needs CUDA"):
-        Trainer(cfg)
+def _first_iteration_losses(cfg) -> dict:
+    """Weighted losses (float) of the first training iteration on the fixed-order batch."""
+    torch.manual_seed(cfg.SEED)
+    trainer = _FixedOrderTrainer(cfg)
+    trainer.train()
+    (record,) = _metrics(cfg.OUTPUT_DIR)
+    return trainer, record
+
+
+def test_amp_on_cpu_trains_in_bfloat16_with_float32_losses(datasets_root, tmp_path):
+    """
+    SOLVER.AMP.ENABLED on the CPU: convolutions run in bfloat16 on NHWC weights, the logged
+    first-iteration losses (float32, from the same weights and images) stay within bfloat16's
+    precision of the float32 run's, and the weights stay float32.
+    """
+    opts = {"SOLVER.IMS_PER_BATCH": 2, "SOLVER.MAX_ITER": 1, "DATASETS.TEST": "()"}
+    _, fp32 = _first_iteration_losses(_tiny_cfg(str(tmp_path / "fp32"), **opts))
+    trainer, bf16 = _first_iteration_losses(
+        _tiny_cfg(str(tmp_path / "bf16"), **opts, **{"SOLVER.AMP.ENABLED": True})
+    )
+    assert isinstance(trainer._trainer, BFloat16Trainer)
+    model = trainer.model
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    stem = model.backbone.stem.conv1.weight
+    assert stem.is_contiguous(memory_format=torch.channels_last)
+
+    dtypes = []
+    model.backbone.res2.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    batch = next(iter(trainer.build_train_loader(trainer.cfg)))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        losses = model(batch)
+    assert dtypes == [torch.bfloat16]
+    assert all(v.dtype == torch.float32 for v in losses.values())
+
+    for key in ("loss_ce", "loss_mask", "loss_dice", "loss_mask_0", "loss_dice_0"):
+        assert bf16[key] == pytest.approx(fp32[key], rel=0.05), key
+    assert bf16["loss_mask"] != fp32["loss_mask"]  # bfloat16 did run
+
+
+def test_amp_without_a_mixed_precision_for_the_device_is_a_clear_error(tmp_path):
+    cfg = _tiny_cfg(str(tmp_path), **{"SOLVER.AMP.ENABLED": True, "MODEL.DEVICE": "mps"})
+    with pytest.raises(ValueError, match="no mixed precision for MODEL.DEVICE 'mps'"):
+        _step_trainer_class(cfg)
+    cfg.merge_from_list(["MODEL.DEVICE", "cuda:1"])
+    assert _step_trainer_class(cfg) is AMPTrainer
+    cfg.merge_from_list(["SOLVER.AMP.ENABLED", False])
+    assert _step_trainer_class(cfg) is SimpleTrainer

@@ -1,6 +1,7 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """Hungarian matcher: cost functions against explicit loops, known assignments, bad inputs."""
 
+import itertools
 import logging
 import math
 
@@ -214,3 +215,49 @@ def test_matcher_rejects_bad_config_and_batch():
     outputs, targets = _class_only_case()
     with pytest.raises(ValueError, match="2 targets for a batch of 1"):
         HungarianMatcher()(outputs, targets * 2)
+
+
+def test_batched_grid_matching_equals_matching_each_image_alone():
+    """
+    The grid path computes all images' costs at once on targets padded to the largest N:
+    padding must not leak into any image's assignment, whatever its N (3, 0, 5, 1 here), and a
+    batch must give what each image gives alone.
+    """
+    gen = torch.Generator().manual_seed(5)
+    num_queries, num_classes, sizes = 7, 4, (3, 0, 5, 1)
+    outputs = {
+        "pred_logits": torch.randn(len(sizes), num_queries, num_classes + 1, generator=gen),
+        "pred_masks": torch.randn(len(sizes), num_queries, 6, 5, generator=gen) * 3,
+    }
+    targets = [
+        {
+            "labels": torch.randint(num_classes, (n,), generator=gen),
+            "masks": torch.rand(n, 24, 20, generator=gen) > 0.6,
+        }
+        for n in sizes
+    ]
+    matcher = HungarianMatcher(cost_class=2.0, cost_mask=20.0, cost_dice=1.0)
+    batched = matcher(outputs, targets)
+    for b, target in enumerate(targets):
+        alone = {key: value[b : b + 1] for key, value in outputs.items()}
+        [(pred_alone, tgt_alone)] = matcher(alone, [target])
+        pred_idx, tgt_idx = batched[b]
+        assert len(pred_idx) == sizes[b]
+        assert pred_idx.tolist() == pred_alone.tolist() and tgt_idx.tolist() == tgt_alone.tolist()
+        if sizes[b]:
+            # ... and the optimum of the image's own cost matrix.
+            cost = matcher.cost_matrix(
+                outputs["pred_logits"][b], outputs["pred_masks"][b], target["labels"],
+                target["masks"],
+            )
+            assert torch.isclose(cost[pred_idx, tgt_idx].sum(), _brute_force_min(cost))
+
+
+def _brute_force_min(cost: torch.Tensor) -> torch.Tensor:
+    """Minimum total cost over all injective assignments of the N targets to the Q queries."""
+    num_queries, num_targets = cost.shape
+    best = min(
+        sum(cost[q, n] for n, q in enumerate(queries))
+        for queries in itertools.permutations(range(num_queries), num_targets)
+    )
+    return torch.as_tensor(best)
