@@ -67,8 +67,8 @@ def _add_mask_former_model_config(cfg: CN) -> None:
     cfg.MODEL.MASK_FORMER.PRE_NORM = False
     cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
     cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
-    # Feature the predictor attends to: a backbone feature name, or "transformer_encoder"
-    # for the output of TransformerEncoderPixelDecoder.
+    # Feature the predictor attends to: a backbone feature name, "transformer_encoder" for the
+    # output of TransformerEncoderPixelDecoder, or "pixel_embedding" (M2F) for the mask features.
     cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "res5"
     # Use the 1x1 input projection even when its input already has HIDDEN_DIM channels.
     cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False

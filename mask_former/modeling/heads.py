@@ -28,18 +28,23 @@ from .transformer import TransformerPredictor
 
 __all__ = ["MaskFormerHead", "PerPixelBaselineHead", "PerPixelBaselinePlusHead"]
 
-# Value of TRANSFORMER_IN_FEATURE that feeds the predictor with the pixel decoder's encoder.
+# Values of TRANSFORMER_IN_FEATURE that feed the predictor with the pixel decoder's encoder
+# output, or (as Mask2Former allows) with the per-pixel embeddings the masks are made from.
 TRANSFORMER_ENCODER = "transformer_encoder"
+PIXEL_EMBEDDING = "pixel_embedding"
 
 
 def _predictor_in_channels(cfg, input_shape: Dict[str, ShapeSpec]) -> int:
     in_feature = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
     if in_feature == TRANSFORMER_ENCODER:
         return cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM
+    if in_feature == PIXEL_EMBEDDING:
+        return cfg.MODEL.SEM_SEG_HEAD.MASK_DIM
     if in_feature not in input_shape:
         raise ValueError(
             f"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = {in_feature!r} is neither "
-            f"{TRANSFORMER_ENCODER!r} nor a backbone output ({sorted(input_shape)})"
+            f"{TRANSFORMER_ENCODER!r}, {PIXEL_EMBEDDING!r} nor a backbone output "
+            f"({sorted(input_shape)})"
         )
     return input_shape[in_feature].channels
 
@@ -65,6 +70,8 @@ class _PixelDecoderAndPredictor(PixelDecoderLayoutUpgrade):
                     f"{type(self.pixel_decoder).__name__} has no transformer encoder"
                 )
             return self.predictor(encoder_features, mask_features)
+        if self.transformer_in_feature == PIXEL_EMBEDDING:
+            return self.predictor(mask_features, mask_features)
         return self.predictor(features[self.transformer_in_feature], mask_features)
 
 
@@ -90,8 +97,9 @@ class MaskFormerHead(_PixelDecoderAndPredictor):
             num_classes: K.
             pixel_decoder: module with ``forward_features(features)``.
             transformer_predictor: :class:`TransformerPredictor`.
-            transformer_in_feature: backbone feature name, or "transformer_encoder" to feed
-                the pixel decoder's encoder output to the predictor.
+            transformer_in_feature: backbone feature name, "transformer_encoder" to feed
+                the pixel decoder's encoder output to the predictor, or "pixel_embedding" to
+                feed it the per-pixel embeddings (mask features, stride 4).
         """
         super().__init__(pixel_decoder, transformer_predictor, transformer_in_feature)
         self.num_classes = num_classes

@@ -273,3 +273,20 @@ def test_unknown_pixel_decoder_and_in_feature_are_clear_errors():
 def test_at_least_one_inference_output_must_be_enabled():
     with pytest.raises(ValueError, match="SEMANTIC_ON"):
         build_model(tiny_swin_cfg(**{"MODEL.MASK_FORMER.TEST.SEMANTIC_ON": False}))
+
+
+def test_pixel_embedding_feeds_the_mask_features_to_the_predictor():
+    """TRANSFORMER_IN_FEATURE "pixel_embedding": the predictor attends to the pixel embeddings."""
+    cfg = tiny_swin_cfg(
+        **{"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": "pixel_embedding",
+           "MODEL.SEM_SEG_HEAD.MASK_DIM": 24}
+    )
+    model = build_model(cfg).eval()
+    head = model.sem_seg_head
+    assert head.predictor.input_proj.in_channels == 24
+    seen = {}
+    head.predictor.register_forward_hook(lambda m, args, out: seen.update(args=args))
+    with torch.no_grad():
+        model([{"image": random_images([(64, 96)])[0]}])
+    x, mask_features = seen["args"]
+    assert x is mask_features and x.shape[1:] == (24, 16, 24)  # stride 4
