@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mask_former-setup
 
-.PHONY: setup test demo compare lint
+.PHONY: setup test demo compare bench lint
 setup: $(STAMP)
 
 $(STAMP): requirements/torch.txt requirements/base.txt setup.py dev/setup_env.sh dev/install_detectron2.py
@@ -21,6 +21,10 @@ demo: setup
 # MaskFormer vs the per-pixel baseline with the same budget: results.md and miou_vs_iter.png.
 compare: setup
 	$(PY) dev/compare_baseline.py
+
+# Median timings of a training step (float32 vs bfloat16 AMP), the matcher and the data loader.
+bench: setup
+	$(PY) dev/bench_train_step.py
 
 lint: setup
 	$(PY) -m ruff check .
