@@ -213,10 +213,11 @@ class _FixedOrderTrainer(Trainer):
         )
 
 
-def _first_iteration(cfg) -> None:
+def _first_iteration(cfg) -> Trainer:
     torch.manual_seed(cfg.SEED)  # the same initial weights on rank 0 as in the 1-process run
     trainer = _FixedOrderTrainer(cfg)
     trainer.train()
+    return trainer
 
 
 def test_distributed_mask_losses_equal_single_process(datasets_root, tmp_path):
@@ -239,11 +240,9 @@ def test_distributed_mask_losses_equal_single_process(datasets_root, tmp_path):
     assert results[1]["loss_mask"] > 0 and results[1]["loss_dice"] > 0
 
 
-def _first_iteration_losses(cfg) -> dict:
-    """Weighted losses (float) of the first training iteration on the fixed-order batch."""
-    torch.manual_seed(cfg.SEED)
-    trainer = _FixedOrderTrainer(cfg)
-    trainer.train()
+def _first_iteration_losses(cfg):
+    """The trainer after one fixed-order iteration, and that iteration's logged metrics."""
+    trainer = _first_iteration(cfg)
     (record,) = _metrics(cfg.OUTPUT_DIR)
     return trainer, record
 
