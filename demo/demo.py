@@ -27,12 +27,11 @@ from typing import List, Optional
 import cv2
 import numpy as np
 import tqdm
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data.detection_utils import read_image
-from detectron2.projects.deeplab import add_deeplab_config
 from detectron2.utils.logger import setup_logger
 
-from mask_former import add_mask_former_config
+from mask_former import get_mask_former_cfg
 from mask_former.utils import atomic_output_path, fall_back_to_cpu
 
 try:  # run as "python demo/demo.py": this folder is on sys.path
@@ -48,9 +47,7 @@ logger = logging.getLogger("mask_former.demo")
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
     """Build the frozen config: file, then --opts, then --confidence-threshold."""
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_mask_former_config(cfg)
+    cfg = get_mask_former_cfg()
     cfg.merge_from_file(args.config_file, allow_unsafe=False)
     cfg.merge_from_list(args.opts)
     if args.confidence_threshold is not None and cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON:

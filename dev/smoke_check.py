@@ -4,19 +4,14 @@
 
 import logging
 
-from detectron2.config import get_cfg
-from detectron2.projects.deeplab import add_deeplab_config
-
-from mask_former import add_mask_former_config
+from mask_former import get_mask_former_cfg
 
 logger = logging.getLogger("smoke_check")
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_mask_former_config(cfg)
+    cfg = get_mask_former_cfg()
     logger.info("config has %d MODEL.MASK_FORMER keys", len(cfg.MODEL.MASK_FORMER))
 
 

@@ -9,7 +9,7 @@ from . import d2_compat
 d2_compat.install()  # before anything imports detectron2
 
 from . import data, modeling  # noqa: F401,E402
-from .config import add_mask_former_config  # noqa: E402
+from .config import add_mask_former_config, get_mask_former_cfg  # noqa: E402
 
-__all__ = ["add_mask_former_config"]
+__all__ = ["add_mask_former_config", "get_mask_former_cfg"]
 __version__ = "0.1.0"

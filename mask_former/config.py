@@ -1,9 +1,23 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
-"""Config defaults of MaskFormer; call after ``detectron2.projects.deeplab.add_deeplab_config``."""
+"""
+Config defaults of MaskFormer. :func:`get_mask_former_cfg` is the one factory the project uses;
+:func:`add_mask_former_config` adds the keys to a config of the user's (after
+``detectron2.projects.deeplab.add_deeplab_config``), as the original's users call it.
+"""
 
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+from detectron2.projects.deeplab import add_deeplab_config
 
-__all__ = ["add_mask_former_config"]
+__all__ = ["add_mask_former_config", "get_mask_former_cfg"]
+
+
+def get_mask_former_cfg() -> CN:
+    """A new (unfrozen) detectron2 default config with the DeepLab and MaskFormer keys added."""
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    add_mask_former_config(cfg)
+    return cfg
 
 
 def add_mask_former_config(cfg: CN) -> None:

@@ -4,10 +4,8 @@
 from pathlib import Path
 
 import pytest
-from detectron2.config import get_cfg
-from detectron2.projects.deeplab import add_deeplab_config
 
-from mask_former import add_mask_former_config
+from mask_former import get_mask_former_cfg
 
 from .conftest import REFERENCE, REPO_ROOT
 
@@ -16,10 +14,7 @@ FIXTURE_CONFIG = REFERENCE / "tiny_swin_semantic" / "config.yaml"
 
 
 def _new_cfg():
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_mask_former_config(cfg)
-    return cfg
+    return get_mask_former_cfg()
 
 
 def _yaml_files():
@@ -74,3 +69,17 @@ def test_yaml_loads_safely(path: Path):
     cfg = _new_cfg()
     cfg.merge_from_file(str(path), allow_unsafe=False)
     assert cfg.MODEL.META_ARCHITECTURE
+
+
+def test_factory_returns_independent_configs_with_deeplab_and_mask_former_keys():
+    import mask_former.engine
+
+    assert mask_former.engine.get_mask_former_cfg is get_mask_former_cfg
+    a, b = get_mask_former_cfg(), get_mask_former_cfg()
+    a.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 7
+    assert b.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES == 100
+    assert not a.is_frozen()
+    # A key of add_deeplab_config and one of add_mask_former_config (and SWIN, which only the
+    # latter adds): the factory applies both.
+    assert a.MODEL.SEM_SEG_HEAD.PROJECT_FEATURES == ["res2"] and a.SOLVER.POLY_LR_POWER == 0.9
+    assert "SWIN" in a.MODEL and a.INPUT.DATASET_MAPPER_NAME == "mask_former_semantic"

@@ -26,11 +26,10 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
-from detectron2.projects.deeplab import add_deeplab_config
 from detectron2.utils.logger import setup_logger
 from fvcore.nn import (
     ActivationCountAnalysis,
@@ -40,7 +39,7 @@ from fvcore.nn import (
 )
 from torch import nn
 
-from mask_former import add_mask_former_config
+from mask_former import get_mask_former_cfg
 from mask_former.utils import fall_back_to_cpu
 
 logger = logging.getLogger("mask_former.analyze_model")
@@ -87,9 +86,7 @@ class TensorOutputs(nn.Module):
 
 def setup(args) -> CfgNode:
     """Build the frozen config of the model to analyze."""
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_mask_former_config(cfg)
+    cfg = get_mask_former_cfg()
     cfg.merge_from_file(args.config_file, allow_unsafe=False)
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.merge_from_list(args.opts)

@@ -1,7 +1,8 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """Training and evaluation: Trainer, optimizer, CPU-capable launch, test-time augmentation."""
 
-from .defaults import build_cfg, default_setup, get_mask_former_cfg, runs_on_cpu, setup
+from ..config import get_mask_former_cfg
+from .defaults import build_cfg, default_setup, runs_on_cpu, setup
 from .evaluation import build_evaluator
 from .launch import launch
 from .optimizer import (

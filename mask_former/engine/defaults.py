@@ -2,29 +2,20 @@
 """``setup``: the config of a ``train_net.py`` run, from its command-line arguments."""
 
 import argparse
-import logging
 import os
 
 import torch
-from detectron2.config import CfgNode, get_cfg
-from detectron2.projects.deeplab import add_deeplab_config
+from detectron2.config import CfgNode
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-from ..config import add_mask_former_config
+from ..config import get_mask_former_cfg
+from ..utils.device import fall_back_to_cpu
 
-__all__ = ["get_mask_former_cfg", "build_cfg", "runs_on_cpu", "setup", "default_setup"]
-
-
-def get_mask_former_cfg() -> CfgNode:
-    """detectron2's default config with the DeepLab and MaskFormer keys added."""
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_mask_former_config(cfg)
-    return cfg
+__all__ = ["build_cfg", "runs_on_cpu", "setup", "default_setup"]
 
 
 def build_cfg(args: argparse.Namespace) -> CfgNode:
@@ -96,12 +87,9 @@ def setup(args: argparse.Namespace) -> CfgNode:
     A CUDA MODEL.DEVICE on a machine without CUDA falls back to the CPU, with a warning.
     """
     cfg = build_cfg(args)
-    cuda_missing = str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available()
-    if cuda_missing:
-        cfg.MODEL.DEVICE = "cpu"
+    # The "mask_former" logger first, so that the fallback's warning reaches the log.
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask_former")
+    fall_back_to_cpu(cfg)
     cfg.freeze()
     default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask_former")
-    if cuda_missing:
-        logging.getLogger("mask_former").warning("CUDA is not available: MODEL.DEVICE set to cpu")
     return cfg

@@ -25,11 +25,9 @@ from data_testutils import (
     write_coco_stuff_10k,
     write_mapillary_vistas,
 )
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.projects.deeplab import add_deeplab_config
 
-from mask_former import add_mask_former_config
+from mask_former import get_mask_former_cfg
 from mask_former.data import build_train_mapper
 from mask_former.data.datasets import (
     register_ade20k_150,
@@ -63,9 +61,7 @@ FORMATS = {
 
 def mini_cfg(dataset: str, mapper: str, num_classes: int, ignore: int):
     """A config whose augmentations keep the 24x32 miniature images at their size."""
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_mask_former_config(cfg)
+    cfg = get_mask_former_cfg()
     cfg.DATASETS.TRAIN = (dataset,)
     cfg.DATASETS.TEST = ()
     cfg.INPUT.DATASET_MAPPER_NAME = mapper

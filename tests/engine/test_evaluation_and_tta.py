@@ -113,7 +113,8 @@ def test_tta_runs_every_scale_and_flip():
     torch.testing.assert_close(out["sem_seg"][0], torch.full((8, 12), 7.0))
 
 
-def test_setup_merges_file_and_opts_and_falls_back_to_cpu(tmp_path):
+def test_setup_merges_file_and_opts_and_falls_back_to_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a CUDA machine
     config = tmp_path / "tiny.yaml"
     config.write_text("SOLVER:\n  BASE_LR: 0.5\nMODEL:\n  MASK_FORMER:\n    HIDDEN_DIM: 32\n")
     args = argparse.Namespace(
@@ -124,11 +125,10 @@ def test_setup_merges_file_and_opts_and_falls_back_to_cpu(tmp_path):
     cfg = setup(args)
     assert cfg.SOLVER.BASE_LR == 0.5 and cfg.SOLVER.MAX_ITER == 7
     assert cfg.MODEL.MASK_FORMER.HIDDEN_DIM == 32
-    assert cfg.is_frozen()
-    assert (tmp_path / "o" / "config.yaml").exists()
-    if not torch.cuda.is_available():
-        assert cfg.MODEL.DEVICE == "cpu"
-        assert runs_on_cpu(args)
+    assert cfg.is_frozen() and cfg.MODEL.DEVICE == "cpu" and runs_on_cpu(args)
+    # The saved config is the one that runs, and the fallback is said in the run's log.
+    assert "DEVICE: cpu" in (tmp_path / "o" / "config.yaml").read_text()
+    assert "CUDA is not available: using the CPU" in (tmp_path / "o" / "log.txt").read_text()
 
 
 def test_cpu_config_runs_on_cpu_even_with_cuda(tmp_path):

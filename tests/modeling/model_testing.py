@@ -5,10 +5,8 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
-from detectron2.config import get_cfg
-from detectron2.projects.deeplab import add_deeplab_config
 
-from mask_former import add_mask_former_config
+from mask_former import get_mask_former_cfg
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_DIR = REPO_ROOT / ".." / "shared" / "reference"
@@ -20,9 +18,7 @@ def fixture_dirs() -> List[Path]:
 
 
 def base_cfg():
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_mask_former_config(cfg)
+    cfg = get_mask_former_cfg()
     cfg.MODEL.DEVICE = "cpu"
     return cfg
 

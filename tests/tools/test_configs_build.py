@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from detectron2.projects.deeplab import add_deeplab_config
 
-from mask_former import add_mask_former_config
+from mask_former import get_mask_former_cfg
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "configs"
@@ -40,9 +38,7 @@ REFERENCE_COUNTS = {
 
 @functools.lru_cache(maxsize=None)
 def build_on_meta(relative_path: str):
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_mask_former_config(cfg)
+    cfg = get_mask_former_cfg()
     cfg.merge_from_file(str(CONFIGS / relative_path), allow_unsafe=False)
     cfg.MODEL.DEVICE = "meta"
     with torch.device("meta"):

@@ -7,10 +7,8 @@ The config tree: the original model zoo's paths, safe YAML, and the published re
 from pathlib import Path
 
 import pytest
-from detectron2.config import get_cfg
-from detectron2.projects.deeplab import add_deeplab_config
 
-from mask_former import add_mask_former_config
+from mask_former import get_mask_former_cfg
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -62,9 +60,7 @@ ALL_YAML = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml"))
 
 
 def load(relative_path: str):
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_mask_former_config(cfg)
+    cfg = get_mask_former_cfg()
     cfg.merge_from_file(str(CONFIGS / relative_path), allow_unsafe=False)
     return cfg
 

@@ -7,13 +7,11 @@ import pickle
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
-from detectron2.projects.deeplab import add_deeplab_config
 from torch import nn
 
-from mask_former import add_mask_former_config
+from mask_former import get_mask_former_cfg
 
 
 class _WithBackbone(nn.Module):
@@ -25,9 +23,7 @@ class _WithBackbone(nn.Module):
 
 
 def _tiny_swin():
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_mask_former_config(cfg)
+    cfg = get_mask_former_cfg()
     cfg.MODEL.BACKBONE.NAME = "D2SwinTransformer"
     cfg.MODEL.SWIN.EMBED_DIM = 16
     cfg.MODEL.SWIN.DEPTHS = [1, 1, 2, 1]

@@ -13,12 +13,11 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
-from detectron2.projects.deeplab import add_deeplab_config
 from detectron2.structures import Instances
 from tools_testing import REPO_ROOT, load_script
 
 import mask_former
-from mask_former import add_mask_former_config
+from mask_former import get_mask_former_cfg
 
 CONFIG = "configs/shapes/maskformer_panoptic_R18_bs8_1200.yaml"
 
@@ -34,9 +33,7 @@ def _write_images(folder: Path):
 
 
 def _random_checkpoint(path: Path):
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_mask_former_config(cfg)
+    cfg = get_mask_former_cfg()
     cfg.merge_from_file(str(REPO_ROOT / CONFIG))
     torch.manual_seed(0)
     torch.save({"model": build_model(cfg).state_dict()}, path)
