@@ -54,8 +54,13 @@ def categories_json() -> List[dict]:
     from mask_former.data.datasets.categories import ade20k_150_categories
 
     return [
-        {"id": c["id"], "name": c["name"], "isthing": c["isthing"], "color": c["color"],
-         "supercategory": "thing" if c["isthing"] else "stuff"}
+        {
+            "id": c["id"],
+            "name": c["name"],
+            "isthing": c["isthing"],
+            "color": c["color"],
+            "supercategory": "thing" if c["isthing"] else "stuff",
+        }
         for c in ade20k_150_categories()
     ]
 
@@ -67,8 +72,12 @@ def _segment_info(mask: np.ndarray, segment_id: int, category_id: int) -> dict:
         "category_id": int(category_id),
         "iscrowd": 0,
         "area": int(mask.sum()),
-        "bbox": [int(xs.min()), int(ys.min()),
-                 int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+        "bbox": [
+            int(xs.min()),
+            int(ys.min()),
+            int(xs.max() - xs.min() + 1),
+            int(ys.max() - ys.min() + 1),
+        ],
     }
 
 
@@ -106,8 +115,7 @@ def panoptic_from_annotations(
         segments.append((mask, segment_id, category))
     # Later (thing) segments may have covered parts of earlier ones: measure what is left.
     ids = pan[..., 0].astype(np.int64) + 256 * pan[..., 1] + 65536 * pan[..., 2]
-    infos = [_segment_info(ids == sid, sid, cat) for _, sid, cat in segments
-             if (ids == sid).any()]
+    infos = [_segment_info(ids == sid, sid, cat) for _, sid, cat in segments if (ids == sid).any()]
     return pan, infos
 
 
@@ -134,8 +142,9 @@ def convert_split(base: Path, split: str, categories, instance_map, image_ids) -
         image_id = image_ids[image_path.name]
         h, w = semantic.shape
         images.append({"id": image_id, "file_name": image_path.name, "width": w, "height": h})
-        annotations.append({"image_id": image_id, "file_name": f"{stem}.png",
-                            "segments_info": infos})
+        annotations.append(
+            {"image_id": image_id, "file_name": f"{stem}.png", "segments_info": infos}
+        )
     return {"images": images, "annotations": annotations, "categories": categories}
 
 

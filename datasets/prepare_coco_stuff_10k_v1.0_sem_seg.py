@@ -54,8 +54,9 @@ def read_mat_labels(path: Path) -> np.ndarray:
 def convert_label(s: np.ndarray, path: Path) -> np.ndarray:
     """``S - 2`` as uint8: classes 2..172 -> 0..170, unlabeled (0 or 1) -> 255."""
     if s.min(initial=0) < 0 or s.max(initial=0) > NUM_CLASSES + 1:
-        raise ValueError(f"{path}: labels must lie in 0..{NUM_CLASSES + 1}, found "
-                         f"{int(s.min())}..{int(s.max())}")
+        raise ValueError(
+            f"{path}: labels must lie in 0..{NUM_CLASSES + 1}, found {int(s.min())}..{int(s.max())}"
+        )
     labels = s - 2
     labels[labels < 0] = IGNORE_LABEL
     return labels.astype(np.uint8)

@@ -95,8 +95,9 @@ def bench_matcher(args: argparse.Namespace, batch, repeats: int) -> Dict[str, fl
 
     def one_by_one():
         for b, target in enumerate(targets):
-            matcher({key: outputs[key][b : b + 1] for key in ("pred_logits", "pred_masks")},
-                    [target])
+            matcher(
+                {key: outputs[key][b : b + 1] for key in ("pred_logits", "pred_masks")}, [target]
+            )
 
     variants: Dict[str, Callable[[], object]] = {
         "whole batch": lambda: matcher(outputs, targets),
@@ -118,8 +119,11 @@ def _time(fn: Callable[[], object], repeats: int) -> List[float]:
 def bench_loader(args: argparse.Namespace, repeats: int) -> Dict[str, float]:
     """Median ``next()`` time (ms) of the train loader when the workers had time to prepare."""
     results = {}
-    for grouping, strategy in ((True, "file_descriptor"), (False, "file_descriptor"),
-                               (False, "file_system")):
+    for grouping, strategy in (
+        (True, "file_descriptor"),
+        (False, "file_descriptor"),
+        (False, "file_system"),
+    ):
         torch.multiprocessing.set_sharing_strategy(strategy)
         cfg = _cfg(args, "DATALOADER.ASPECT_RATIO_GROUPING", grouping)
         iterator = iter(Trainer.build_train_loader(cfg))
@@ -152,16 +156,21 @@ def main() -> None:
     cfg = _cfg(args, "DATALOADER.NUM_WORKERS", 0)
     loader = iter(Trainer.build_train_loader(cfg))
     batches = [next(loader) for _ in range(args.repeats + 3)]
-    logger.info("%d batches of %d images, %d threads", len(batches), len(batches[0]),
-                args.threads)
+    logger.info("%d batches of %d images, %d threads", len(batches), len(batches[0]), args.threads)
 
     steps = bench_steps(args, batches)
     base = steps["float32"]["step"]
     _print_table(
         f"Training step of {args.config_file} (median ms over {args.repeats} steps)",
         ["precision", "forward", "backward", "optimizer", "step", "speed-up"],
-        [[name, *(f"{t[k]:.0f}" for k in ("forward", "backward", "optimizer", "step")),
-          f"{base / t['step']:.2f}x"] for name, t in steps.items()],
+        [
+            [
+                name,
+                *(f"{t[k]:.0f}" for k in ("forward", "backward", "optimizer", "step")),
+                f"{base / t['step']:.2f}x",
+            ]
+            for name, t in steps.items()
+        ],
     )
     matcher = bench_matcher(args, batches[0], args.repeats)
     per_image = matcher["one image at a time"]

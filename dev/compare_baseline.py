@@ -44,10 +44,22 @@ def _parse_args() -> argparse.Namespace:
 def train(config: str, out_dir: str, args: argparse.Namespace) -> float:
     """Train one model; returns the wall time in seconds."""
     cmd = [
-        sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config,
-        "--num-gpus", str(args.num_gpus), "--dist-url", "auto", "OUTPUT_DIR", out_dir,
-        "SOLVER.MAX_ITER", str(args.max_iter), "TEST.EVAL_PERIOD", str(args.eval_period),
-        "SOLVER.CHECKPOINT_PERIOD", str(args.max_iter),
+        sys.executable,
+        os.path.join(REPO, "train_net.py"),
+        "--config-file",
+        config,
+        "--num-gpus",
+        str(args.num_gpus),
+        "--dist-url",
+        "auto",
+        "OUTPUT_DIR",
+        out_dir,
+        "SOLVER.MAX_ITER",
+        str(args.max_iter),
+        "TEST.EVAL_PERIOD",
+        str(args.eval_period),
+        "SOLVER.CHECKPOINT_PERIOD",
+        str(args.max_iter),
     ] + list(args.opts)
     start = time.time()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.getenv("PYTHONPATH", "")]))
@@ -65,8 +77,9 @@ def miou_curve(records: List[Dict], max_iter: int) -> Dict[int, float]:
     {iterations done: mIoU} from the evaluation entries of metrics.json: a periodic evaluation
     after iteration i is logged at i, the final one (after training) at MAX_ITER.
     """
-    return {min(r["iteration"] + 1, max_iter): r["sem_seg/mIoU"]
-            for r in records if "sem_seg/mIoU" in r}
+    return {
+        min(r["iteration"] + 1, max_iter): r["sem_seg/mIoU"] for r in records if "sem_seg/mIoU" in r
+    }
 
 
 def seconds_per_iter(records: List[Dict]) -> float:
@@ -78,8 +91,11 @@ def count_parameters(out_dir: str) -> int:
     import torch
 
     state = torch.load(os.path.join(out_dir, "model_final.pth"), map_location="cpu")
-    return sum(v.numel() for k, v in state["model"].items() if "running_" not in k
-               and "num_batches_tracked" not in k)
+    return sum(
+        v.numel()
+        for k, v in state["model"].items()
+        if "running_" not in k and "num_batches_tracked" not in k
+    )
 
 
 def write_table(path: str, rows: Dict[str, Dict]) -> None:
@@ -87,8 +103,12 @@ def write_table(path: str, rows: Dict[str, Dict]) -> None:
     header = ["model", "params (M)", "s/iter", "train time (min)"] + [f"mIoU @{i}" for i in iters]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in rows.items():
-        cells = [name, f"{row['params'] / 1e6:.2f}", f"{row['s_per_iter']:.2f}",
-                 f"{row['wall'] / 60:.1f}"]
+        cells = [
+            name,
+            f"{row['params'] / 1e6:.2f}",
+            f"{row['s_per_iter']:.2f}",
+            f"{row['wall'] / 60:.1f}",
+        ]
         cells += [f"{row['curve'][i]:.1f}" if i in row["curve"] else "" for i in iters]
         lines.append("| " + " | ".join(cells) + " |")
     with open(path, "w") as f:

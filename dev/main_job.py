@@ -35,8 +35,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="a new folder (default: timestamped)")
     # One process with 2 threads trains faster here than two gloo processes (float32: 0.44 vs
     # 0.57 s per iteration of the main recipe on 2 cores: the all-reduce over gloo is not free).
-    parser.add_argument("--num-gpus", type=int, default=1,
-                        help="training processes (CPU processes over gloo for a CPU config)")
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1,
+        help="training processes (CPU processes over gloo for a CPU config)",
+    )
     parser.add_argument("--num-vis", type=int, default=12, help="validation images to draw")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
     return parser.parse_args()
@@ -75,15 +79,39 @@ def main() -> None:
     py, timings, start = sys.executable, {}, time.time()
 
     _run("dataset", [py, "-m", "mask_former.data", "--root", root], timings)
-    train = [py, "train_net.py", "--config-file", args.config_file, "--num-gpus",
-             str(args.num_gpus), "--dist-url", "auto", "OUTPUT_DIR", out]
+    train = [
+        py,
+        "train_net.py",
+        "--config-file",
+        args.config_file,
+        "--num-gpus",
+        str(args.num_gpus),
+        "--dist-url",
+        "auto",
+        "OUTPUT_DIR",
+        out,
+    ]
     _run("train+eval", train + args.opts, timings)
     images = sorted(glob.glob(os.path.join(REPO, root, "shapes", "images", "val", "*.jpg")))
     vis_dir = os.path.join(out, "visualizations")
-    _run("visualise", [py, "demo/demo.py", "--config-file", args.config_file,
-                       "--input", *images[: args.num_vis], "--output", vis_dir,
-                       "--opts", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth")]
-         + args.opts, timings)
+    _run(
+        "visualise",
+        [
+            py,
+            "demo/demo.py",
+            "--config-file",
+            args.config_file,
+            "--input",
+            *images[: args.num_vis],
+            "--output",
+            vis_dir,
+            "--opts",
+            "MODEL.WEIGHTS",
+            os.path.join(out, "model_final.pth"),
+        ]
+        + args.opts,
+        timings,
+    )
     total = time.time() - start
 
     metrics = _final_metrics(os.path.join(REPO, out))
@@ -94,8 +122,11 @@ def main() -> None:
         value = metrics.get(key, float("nan"))
         verdict = "ok" if value >= target else "BELOW TARGET"
         print(f"{key:18s} {value:6.2f}   (target >= {target:.0f}: {verdict})")
-    print("time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
-          + f"; total {total / 60:.1f} min")
+    print(
+        "time: "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
+        + f"; total {total / 60:.1f} min"
+    )
     print(f"output: {out} (visualisations in {vis_dir})")
 
 

@@ -14,8 +14,11 @@ from .shapes import ensure_shapes_dataset
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Generate the built-in shapes dataset.")
-    parser.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"),
-                        help="datasets root; the dataset goes to <root>/shapes")
+    parser.add_argument(
+        "--root",
+        default=os.getenv("DETECTRON2_DATASETS", "datasets"),
+        help="datasets root; the dataset goes to <root>/shapes",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     print(ensure_shapes_dataset(args.root))

@@ -90,8 +90,12 @@ def _random_shades(rng: np.random.Generator) -> np.ndarray:
     """Two BGR colours of one random hue, one dark and one light: shape (2, 3), float."""
     hue = rng.integers(0, 180)
     hsv = np.array(
-        [[[hue, rng.integers(70, 256), rng.integers(30, 130)],
-          [hue, rng.integers(70, 256), rng.integers(140, 256)]]],
+        [
+            [
+                [hue, rng.integers(70, 256), rng.integers(30, 130)],
+                [hue, rng.integers(70, 256), rng.integers(140, 256)],
+            ]
+        ],
         dtype=np.uint8,
     )
     shades = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0].astype(np.float32)
@@ -118,7 +122,7 @@ def _texture(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         cell = int(rng.integers(10, 25))
         coarse = rng.random((h // cell + 3, w // cell + 3)).astype(np.float32)
         up = cv2.resize(coarse, (w + 2 * cell, h + 2 * cell), interpolation=cv2.INTER_CUBIC)
-        noise = up[cell:cell + h, cell:cell + w]
+        noise = up[cell : cell + h, cell : cell + w]
         return np.clip((noise - 0.5) * 6.0 + 0.5, 0.0, 1.0)
     raise ValueError(f"Unknown texture kind {kind!r}")
 
@@ -129,9 +133,7 @@ def _stuff_layout(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     centers = rng.random((n, 2)) * np.array([h, w])
     weights = rng.uniform(0.0, 0.3 * max(h, w), size=n)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    dist = np.stack(
-        [np.hypot(ys - cy, xs - cx) - wt for (cy, cx), wt in zip(centers, weights)]
-    )
+    dist = np.stack([np.hypot(ys - cy, xs - cx) - wt for (cy, cx), wt in zip(centers, weights)])
     return dist.argmin(axis=0)
 
 
@@ -257,19 +259,25 @@ def panoptic_segments(labels: np.ndarray, inst_map: np.ndarray):
         segment_id = category_id * 1000 + index
         ids[sel] = segment_id
         ys, xs = np.nonzero(sel)
-        infos.append({
-            "id": segment_id,
-            "category_id": category_id,
-            "area": int(sel.sum()),
-            "bbox": [int(xs.min()), int(ys.min()),
-                     int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
-            "iscrowd": 0,
-        })
+        infos.append(
+            {
+                "id": segment_id,
+                "category_id": category_id,
+                "area": int(sel.sum()),
+                "bbox": [
+                    int(xs.min()),
+                    int(ys.min()),
+                    int(xs.max() - xs.min() + 1),
+                    int(ys.max() - ys.min() + 1),
+                ],
+                "iscrowd": 0,
+            }
+        )
     return ids, infos
 
 
 def _id_to_bgr(ids: np.ndarray) -> np.ndarray:
-    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 256 ** 2], axis=-1).astype(np.uint8)
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 256**2], axis=-1).astype(np.uint8)
     return rgb[..., ::-1]
 
 
@@ -291,15 +299,19 @@ def generate_split(out_dir: str, split: str, seed: int, num_images: int) -> None
         image, labels, inst_map = render_image(rng)
         ids, infos = panoptic_segments(labels, inst_map)
         stem = f"{index:06d}"
-        _write(os.path.join(out_dir, "images", split, stem + ".jpg"), image,
-               (cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY))
+        _write(
+            os.path.join(out_dir, "images", split, stem + ".jpg"),
+            image,
+            (cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY),
+        )
         _write(os.path.join(out_dir, "sem_seg", split, stem + ".png"), labels)
         _write(os.path.join(out_dir, "panoptic", split, stem + ".png"), _id_to_bgr(ids))
         h, w = labels.shape
         images.append({"id": index, "file_name": stem + ".jpg", "height": h, "width": w})
         annotations.append({"image_id": index, "file_name": stem + ".png", "segments_info": infos})
-    categories = [dict(c, supercategory="shape" if c["isthing"] else "texture")
-                  for c in SHAPES_CATEGORIES]
+    categories = [
+        dict(c, supercategory="shape" if c["isthing"] else "texture") for c in SHAPES_CATEGORIES
+    ]
     with open(os.path.join(out_dir, f"panoptic_{split}.json"), "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
 

@@ -65,8 +65,15 @@ def launch(
     if use_cpu is None:
         use_cpu = not torch.cuda.is_available()
     if not use_cpu:
-        d2_launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url,
-                  args=tuple(args), timeout=timeout)
+        d2_launch(
+            main_func,
+            num_gpus_per_machine,
+            num_machines,
+            machine_rank,
+            dist_url,
+            args=tuple(args),
+            timeout=timeout,
+        )
         return
     if num_gpus_per_machine < 1 or num_machines < 1:
         raise ValueError(
@@ -85,8 +92,15 @@ def launch(
     mp.spawn(
         _cpu_worker,
         nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args),
-              timeout),
+        args=(
+            main_func,
+            world_size,
+            num_gpus_per_machine,
+            machine_rank,
+            dist_url,
+            tuple(args),
+            timeout,
+        ),
         daemon=False,
     )
 
@@ -107,7 +121,10 @@ def _cpu_worker(
         # oversubscribes the CPU and slows all of them down.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // procs_per_machine))
     dist.init_process_group(
-        backend="gloo", init_method=dist_url, world_size=world_size, rank=global_rank,
+        backend="gloo",
+        init_method=dist_url,
+        world_size=world_size,
+        rank=global_rank,
         timeout=timeout,
     )
     _create_local_process_group(world_size // procs_per_machine, procs_per_machine, machine_rank)

@@ -73,8 +73,9 @@ class SemanticSegmentorWithTTA(nn.Module):
         for start in range(0, len(augmented), self.batch_size):
             chunk = augmented[start : start + self.batch_size]
             with torch.no_grad():
-                outputs = self.model([{k: v for k, v in a.items() if k != "transforms"}
-                                      for a in chunk])
+                outputs = self.model(
+                    [{k: v for k, v in a.items() if k != "transforms"} for a in chunk]
+                )
             for aug, out in zip(chunk, outputs):
                 scores = out["sem_seg"]
                 if _is_flipped(aug["transforms"]):

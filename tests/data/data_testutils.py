@@ -27,10 +27,20 @@ MASK_INST_B = (_Y >= 4) & (_Y < 10) & (_X >= 10) & (_X < 16)  # touches A
 MASK_VOID = (_Y >= 20) & (_X >= 28)
 MASK_LEFT = (_X < 16) & ~MASK_INST_A & ~MASK_INST_B & ~MASK_VOID
 MASK_RIGHT = (_X >= 16) & ~MASK_VOID
-REGIONS = {"left": MASK_LEFT, "right": MASK_RIGHT, "a": MASK_INST_A, "b": MASK_INST_B,
-           "void": MASK_VOID}
-COLORS = {"left": (200, 40, 40), "right": (40, 200, 40), "a": (40, 40, 200),
-          "b": (220, 220, 40), "void": (0, 0, 0)}
+REGIONS = {
+    "left": MASK_LEFT,
+    "right": MASK_RIGHT,
+    "a": MASK_INST_A,
+    "b": MASK_INST_B,
+    "void": MASK_VOID,
+}
+COLORS = {
+    "left": (200, 40, 40),
+    "right": (40, 200, 40),
+    "a": (40, 40, 200),
+    "b": (220, 220, 40),
+    "void": (0, 0, 0),
+}
 
 
 def unique_prefix() -> str:
@@ -145,8 +155,9 @@ def write_cityscapes(root: str) -> Dict[str, int]:
         image_dir = os.path.join(root, "cityscapes", "leftImg8bit", split, "aachen")
         gt_dir = os.path.join(root, "cityscapes", "gtFine", split, "aachen")
         save_image(os.path.join(image_dir, stem + "leftImg8bit.png"), layout_image())
-        save_image(os.path.join(gt_dir, stem + "gtFine_labelTrainIds.png"),
-                   semantic_labels(classes))
+        save_image(
+            os.path.join(gt_dir, stem + "gtFine_labelTrainIds.png"), semantic_labels(classes)
+        )
         for suffix in ("gtFine_labelIds.png", "gtFine_instanceIds.png"):
             save_image(os.path.join(gt_dir, stem + suffix), np.zeros((H, W), np.uint8))
         with open(os.path.join(gt_dir, stem + "gtFine_polygons.json"), "w") as f:
@@ -168,8 +179,13 @@ def layout_segments(category: Dict[str, int], crowd_b: bool = False) -> Tuple[di
     """Segment ids and COCO segments_info of the layout (void has no segment)."""
     ids = {"left": 11, "right": 12, "a": 300, "b": 301 + 256 * 5}  # b uses the G channel
     segments = [
-        {"id": ids[name], "category_id": category[name], "iscrowd": int(crowd_b and name == "b"),
-         "area": int(REGIONS[name].sum()), "bbox": [0, 0, 1, 1]}
+        {
+            "id": ids[name],
+            "category_id": category[name],
+            "iscrowd": int(crowd_b and name == "b"),
+            "area": int(REGIONS[name].sum()),
+            "bbox": [0, 0, 1, 1],
+        }
         for name in ("left", "right", "a", "b")
     ]
     return ids, segments
@@ -183,10 +199,14 @@ def write_ade20k_panoptic(root: str, crowd_b: bool = False) -> Dict[str, int]:
     for split, folder in [("train", "training"), ("val", "validation")]:
         stem = f"ADE_{split}_00000001"
         save_jpg(os.path.join(base, "images", folder, stem + ".jpg"), layout_image())
-        save_image(os.path.join(base, f"ade20k_panoptic_{split}", stem + ".png"),
-                   ids_to_rgb(panoptic_ids(ids)))
-        save_image(os.path.join(base, "annotations_detectron2", folder, stem + ".png"),
-                   semantic_labels({**category, "void": 255}))
+        save_image(
+            os.path.join(base, f"ade20k_panoptic_{split}", stem + ".png"),
+            ids_to_rgb(panoptic_ids(ids)),
+        )
+        save_image(
+            os.path.join(base, "annotations_detectron2", folder, stem + ".png"),
+            semantic_labels({**category, "void": 255}),
+        )
         with open(os.path.join(base, f"ade20k_panoptic_{split}.json"), "w") as f:
             json.dump(_panoptic_json(stem, segments, [], 1), f)
     return {**category, "void": 255}
@@ -203,8 +223,10 @@ def write_coco_panoptic(root: str, crowd_b: bool = False) -> Dict[str, int]:
     for split in ("train", "val"):
         stem = "000000000139"
         save_jpg(os.path.join(root, "coco", f"{split}2017", stem + ".jpg"), layout_image())
-        save_image(os.path.join(root, "coco", f"panoptic_{split}2017", stem + ".png"),
-                   ids_to_rgb(panoptic_ids(ids)))
+        save_image(
+            os.path.join(root, "coco", f"panoptic_{split}2017", stem + ".png"),
+            ids_to_rgb(panoptic_ids(ids)),
+        )
         path = os.path.join(root, "coco", "annotations", f"panoptic_{split}2017.json")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:

@@ -41,21 +41,69 @@ from mask_former.data.datasets import (
 
 # name: (writer, register, train name, mapper, K, ignore, evaluator_type)
 FORMATS = {
-    "ade20k_150": (write_ade20k_150, register_ade20k_150, "ade20k_sem_seg_train",
-                   "mask_former_semantic", 150, 255, "sem_seg"),
-    "ade20k_full": (write_ade20k_full, register_ade20k_full, "ade20k_full_sem_seg_train",
-                    "mask_former_semantic", 847, 65535, "sem_seg"),
-    "coco_stuff_10k": (write_coco_stuff_10k, register_coco_stuff_10k,
-                       "coco_2017_train_stuff_10k_sem_seg", "mask_former_semantic", 171, 255,
-                       "sem_seg"),
-    "mapillary": (write_mapillary_vistas, register_mapillary_vistas,
-                  "mapillary_vistas_sem_seg_train", "mask_former_semantic", 65, 65, "sem_seg"),
-    "cityscapes": (write_cityscapes, register_cityscapes_sem_seg, "cityscapes_fine_sem_seg_train",
-                   "mask_former_semantic", 19, 255, "cityscapes_sem_seg"),
-    "ade20k_panoptic": (write_ade20k_panoptic, register_ade20k_panoptic, "ade20k_panoptic_train",
-                        "mask_former_panoptic", 150, 255, "ade20k_panoptic_seg"),
-    "coco_panoptic": (write_coco_panoptic, register_coco_panoptic, "coco_2017_train_panoptic",
-                      "detr_panoptic", 133, 255, "coco_panoptic_seg"),
+    "ade20k_150": (
+        write_ade20k_150,
+        register_ade20k_150,
+        "ade20k_sem_seg_train",
+        "mask_former_semantic",
+        150,
+        255,
+        "sem_seg",
+    ),
+    "ade20k_full": (
+        write_ade20k_full,
+        register_ade20k_full,
+        "ade20k_full_sem_seg_train",
+        "mask_former_semantic",
+        847,
+        65535,
+        "sem_seg",
+    ),
+    "coco_stuff_10k": (
+        write_coco_stuff_10k,
+        register_coco_stuff_10k,
+        "coco_2017_train_stuff_10k_sem_seg",
+        "mask_former_semantic",
+        171,
+        255,
+        "sem_seg",
+    ),
+    "mapillary": (
+        write_mapillary_vistas,
+        register_mapillary_vistas,
+        "mapillary_vistas_sem_seg_train",
+        "mask_former_semantic",
+        65,
+        65,
+        "sem_seg",
+    ),
+    "cityscapes": (
+        write_cityscapes,
+        register_cityscapes_sem_seg,
+        "cityscapes_fine_sem_seg_train",
+        "mask_former_semantic",
+        19,
+        255,
+        "cityscapes_sem_seg",
+    ),
+    "ade20k_panoptic": (
+        write_ade20k_panoptic,
+        register_ade20k_panoptic,
+        "ade20k_panoptic_train",
+        "mask_former_panoptic",
+        150,
+        255,
+        "ade20k_panoptic_seg",
+    ),
+    "coco_panoptic": (
+        write_coco_panoptic,
+        register_coco_panoptic,
+        "coco_2017_train_panoptic",
+        "detr_panoptic",
+        133,
+        255,
+        "coco_panoptic_seg",
+    ),
 }
 
 
@@ -110,8 +158,9 @@ def pad_mask(mask: np.ndarray, shape) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("fmt", ["ade20k_150", "ade20k_full", "coco_stuff_10k", "mapillary",
-                                 "cityscapes"])
+@pytest.mark.parametrize(
+    "fmt", ["ade20k_150", "ade20k_full", "coco_stuff_10k", "mapillary", "cityscapes"]
+)
 def test_semantic_format_registration_and_targets(tmp_path, fmt):
     name, classes, cfg = register_format(tmp_path, fmt)
     _, _, _, _, k, ignore, evaluator = FORMATS[fmt]
@@ -156,8 +205,14 @@ def test_panoptic_format_registration_and_targets(tmp_path, fmt):
     _, _, _, mapper_name, k, ignore, evaluator = FORMATS[fmt]
     meta = MetadataCatalog.get(name)
     assert meta.evaluator_type == evaluator
-    for key in ("panoptic_root", "panoptic_json", "thing_dataset_id_to_contiguous_id",
-                "stuff_dataset_id_to_contiguous_id", "thing_classes", "stuff_classes"):
+    for key in (
+        "panoptic_root",
+        "panoptic_json",
+        "thing_dataset_id_to_contiguous_id",
+        "stuff_dataset_id_to_contiguous_id",
+        "thing_classes",
+        "stuff_classes",
+    ):
         assert key in meta.as_dict(), key
     assert len(meta.stuff_classes) == k
     records = DatasetCatalog.get(name)
@@ -176,7 +231,7 @@ def test_panoptic_format_registration_and_targets(tmp_path, fmt):
         exp_classes, exp_masks = expected_panoptic_targets(classes)
         assert inst.gt_classes.tolist() == exp_classes
         # Which way the sample went: the "a" square sits left of centre unless flipped.
-        flipped = bool(inst.gt_masks[2][:, W // 2:W].any())
+        flipped = bool(inst.gt_masks[2][:, W // 2 : W].any())
         flips.add(flipped)
         check_image_follows_layout(out["image"], flipped)
         for got, mask in zip(inst.gt_masks, exp_masks):

@@ -41,8 +41,13 @@ ADE_CLASSES = {"left": 0, "right": 2, "a": 7, "b": 7, "void": 255}
 
 
 def semantic_mapper(**kwargs):
-    args = dict(augmentations=[], image_format="RGB", ignore_label=255, size_divisibility=-1,
-                num_classes=150)
+    args = dict(
+        augmentations=[],
+        image_format="RGB",
+        ignore_label=255,
+        size_divisibility=-1,
+        num_classes=150,
+    )
     args.update(kwargs)
     return MaskFormerSemanticDatasetMapper(**args)
 
@@ -103,8 +108,12 @@ def test_crop_uses_the_configured_ignore_value_and_size(tmp_path):
     cfg.INPUT.COLOR_AUG_SSD = True
     augs = build_mask_former_train_augmentations(cfg)
     names = [type(a).__name__ for a in augs]
-    assert names == ["ResizeShortestEdge", "RandomCrop_CategoryAreaConstraint",
-                     "ColorAugSSDTransform", "RandomFlip"]
+    assert names == [
+        "ResizeShortestEdge",
+        "RandomCrop_CategoryAreaConstraint",
+        "ColorAugSSDTransform",
+        "RandomFlip",
+    ]
     crop = augs[1]
     assert crop.ignored_category == 77 and crop.single_category_max_area == 0.5
     assert crop.crop_aug.crop_type == "absolute" and tuple(crop.crop_aug.crop_size) == (32, 32)
@@ -126,8 +135,10 @@ def test_color_aug_changes_pixels_but_not_labels(tmp_path):
     assert (out["image"][:, :H, :W].int() - image.int()).abs().float().mean() > 3
 
 
-@pytest.mark.parametrize("size_div, expected", [(32, (32, 32)), (16, (32, 32)), (8, (24, 32)),
-                                                (0, (24, 32)), (-1, (24, 32))])
+@pytest.mark.parametrize(
+    "size_div, expected",
+    [(32, (32, 32)), (16, (32, 32)), (8, (24, 32)), (0, (24, 32)), (-1, (24, 32))],
+)
 def test_padding_to_size_divisibility(tmp_path, size_div, expected):
     out = semantic_mapper(size_divisibility=size_div)(sem_record(tmp_path))
     assert tuple(out["image"].shape[1:]) == expected
@@ -146,7 +157,10 @@ def test_panoptic_padding_is_void(tmp_path):
     register_coco_panoptic(root, prefix)
     record = DatasetCatalog.get(prefix + "coco_2017_train_panoptic")[0]
     mapper = MaskFormerPanopticDatasetMapper(
-        augmentations=[], image_format="RGB", ignore_label=255, size_divisibility=32,
+        augmentations=[],
+        image_format="RGB",
+        ignore_label=255,
+        size_divisibility=32,
         num_classes=133,
     )
     out = mapper(record)
@@ -167,15 +181,17 @@ def test_panoptic_drops_crowd_and_cropped_away_segments(tmp_path):
     # A fixed crop of the right half (columns 16..31) removes the left region and square A.
     crop = T.CropTransform(16, 0, 16, H)
     mapper = MaskFormerPanopticDatasetMapper(
-        augmentations=[T.RandomCrop("absolute", (H, 16))], image_format="RGB",
-        ignore_label=255, size_divisibility=-1, num_classes=133,
+        augmentations=[T.RandomCrop("absolute", (H, 16))],
+        image_format="RGB",
+        ignore_label=255,
+        size_divisibility=-1,
+        num_classes=133,
     )
     mapper.augmentations = T.AugmentationList([_Fixed(crop)])
     out = mapper(record)
     assert out["instances"].gt_classes.tolist() == [119]  # only "right" (sky) is left
     assert out["instances"].gt_masks.shape == (1, H, 16)
-    assert torch.equal(out["instances"].gt_masks[0],
-                       torch.as_tensor(REGIONS["right"][:, 16:]))
+    assert torch.equal(out["instances"].gt_masks[0], torch.as_tensor(REGIONS["right"][:, 16:]))
 
 
 class _Fixed(T.Augmentation):
@@ -213,8 +229,11 @@ def test_detr_mapper_crop_branch_and_test_mode(tmp_path):
         image = out["image"].permute(1, 2, 0).numpy().astype(int)
         for cls, mask in zip(inst.gt_classes.tolist(), inst.gt_masks):
             pixels = image[mask.numpy()]
-            shares = [(np.abs(pixels - COLORS[n]).max(axis=1) < 40).mean()
-                      for n in ("left", "right", "a", "b") if classes[n] == cls]
+            shares = [
+                (np.abs(pixels - COLORS[n]).max(axis=1) < 40).mean()
+                for n in ("left", "right", "a", "b")
+                if classes[n] == cls
+            ]
             assert max(shares) > 0.8, (cls, shares)
     # Without the crop branch the 24x32 image keeps its size; with it, the 200x200 crop of the
     # 400..600 px upscaled image comes back square at the final short side of 24.
@@ -274,8 +293,9 @@ def test_rgba_image_drops_alpha(tmp_path):
 
 def test_bgr_format_reverses_channels(tmp_path):
     out = semantic_mapper(image_format="BGR")(sem_record(tmp_path, image_name="img.png"))
-    assert torch.equal(out["image"], torch.as_tensor(layout_image()[..., ::-1].copy())
-                       .permute(2, 0, 1))
+    assert torch.equal(
+        out["image"], torch.as_tensor(layout_image()[..., ::-1].copy()).permute(2, 0, 1)
+    )
 
 
 def test_exif_rotated_image_is_upright(tmp_path):
@@ -296,8 +316,9 @@ def test_exif_rotated_image_is_upright(tmp_path):
 
 
 def test_sixteen_bit_png_labels(tmp_path):
-    labels = semantic_labels({"left": 3, "right": 300, "a": 846, "b": 846, "void": 65535},
-                             dtype=np.uint16)
+    labels = semantic_labels(
+        {"left": 3, "right": 300, "a": 846, "b": 846, "void": 65535}, dtype=np.uint16
+    )
     record = sem_record(tmp_path, labels=labels)
     out = semantic_mapper(ignore_label=65535, num_classes=847)(record)
     assert torch.equal(out["sem_seg"], torch.as_tensor(labels.astype(np.int64)))
@@ -351,14 +372,19 @@ def write_pan_record(tmp_path, segments):
 
 def pan_mapper():
     return MaskFormerPanopticDatasetMapper(
-        augmentations=[], image_format="RGB", ignore_label=255, size_divisibility=-1,
+        augmentations=[],
+        image_format="RGB",
+        ignore_label=255,
+        size_divisibility=-1,
         num_classes=10,
     )
 
 
 def test_panoptic_segment_absent_from_png(tmp_path):
-    record = write_pan_record(tmp_path, [{"id": 11, "category_id": 1, "iscrowd": 0},
-                                         {"id": 999, "category_id": 2, "iscrowd": 0}])
+    record = write_pan_record(
+        tmp_path,
+        [{"id": 11, "category_id": 1, "iscrowd": 0}, {"id": 999, "category_id": 2, "iscrowd": 0}],
+    )
     with pytest.raises(ValueError, match=r"Segment id 999.*pan\.png"):
         pan_mapper()(record)
 
@@ -370,8 +396,9 @@ def test_panoptic_category_outside_class_range(tmp_path):
 
 
 def test_panoptic_without_semantic_file_constrains_crop_on_segments(tmp_path):
-    segments = [{"id": i, "category_id": c, "iscrowd": 0}
-                for i, c in [(11, 1), (12, 2), (300, 3), (301, 3)]]
+    segments = [
+        {"id": i, "category_id": c, "iscrowd": 0} for i, c in [(11, 1), (12, 2), (300, 3), (301, 3)]
+    ]
     record = write_pan_record(tmp_path, segments)
     mapper = pan_mapper()
     mapper.augmentations = T.AugmentationList(
@@ -385,8 +412,18 @@ def test_panoptic_json_with_unknown_category(tmp_path):
     from mask_former.data.datasets.common import load_panoptic_json
 
     path = tmp_path / "pan.json"
-    path.write_text(json.dumps({"annotations": [{"image_id": 1, "file_name": "x.png",
-                                                 "segments_info": [{"id": 5,
-                                                                    "category_id": 42}]}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "annotations": [
+                    {
+                        "image_id": 1,
+                        "file_name": "x.png",
+                        "segments_info": [{"id": 5, "category_id": 42}],
+                    }
+                ]
+            }
+        )
+    )
     with pytest.raises(ValueError, match=r"category_id 42"):
         load_panoptic_json(str(path), "img", "pan", None, {1: 0}, {2: 1})

@@ -44,7 +44,7 @@ def save(path: Path, array: np.ndarray, **kwargs) -> None:
 def rgb_image(h, w):
     image = np.zeros((h, w, 3), np.uint8)
     image[:, : w // 2] = (200, 30, 30)
-    image[:, w // 2:] = (30, 200, 30)
+    image[:, w // 2 :] = (30, 200, 30)
     return image
 
 
@@ -88,8 +88,10 @@ def test_prepare_ade20k_sem_seg(tmp_path):
 def test_prepare_ade20k_sem_seg_rejects_bad_labels(tmp_path):
     base = tmp_path / "ADEChallengeData2016"
     write_ade_semantic(base)
-    save(base / "annotations" / "training" / "ADE_train_00000001.png",
-         np.full((8, 16), 151, np.uint8))
+    save(
+        base / "annotations" / "training" / "ADE_train_00000001.png",
+        np.full((8, 16), 151, np.uint8),
+    )
     with pytest.raises(ValueError, match="ADE_train_00000001.png"):
         load_script("prepare_ade20k_sem_seg").main(["--root", str(tmp_path)])
 
@@ -121,9 +123,14 @@ def test_prepare_ade20k_full_sem_seg(tmp_path):
     save(tmp_path / val_dir / "ADE_val_00000001.jpg", rgb_image(20, 20))
     save(tmp_path / val_dir / "ADE_val_00000001_seg.png", seg_png(val_ids))
     with open(release / "index_ade20k.pkl", "wb") as f:
-        pickle.dump({"folder": [train_dir, val_dir],
-                     "filename": ["ADE_train_00000001.jpg", "ADE_val_00000001.jpg"],
-                     "objectnames": []}, f)
+        pickle.dump(
+            {
+                "folder": [train_dir, val_dir],
+                "filename": ["ADE_train_00000001.jpg", "ADE_val_00000001.jpg"],
+                "objectnames": [],
+            },
+            f,
+        )
 
     load_script("prepare_ade20k_full_sem_seg").main(["--root", str(tmp_path)])
     out = release / "annotations_detectron2"
@@ -213,8 +220,11 @@ def test_prepare_coco_stuff_10k(tmp_path):
     write_coco_stuff(base, s)
     load_script("prepare_coco_stuff_10k_v1.0_sem_seg").main(["--root", str(tmp_path)])
     for split in ("train", "test"):
-        labels = np.asarray(Image.open(
-            base / "annotations_detectron2" / split / f"COCO_{split}2014_000000000077.png"))
+        labels = np.asarray(
+            Image.open(
+                base / "annotations_detectron2" / split / f"COCO_{split}2014_000000000077.png"
+            )
+        )
         expected = np.array([[255, 0], [170, 98]]).repeat(5, 0).repeat(6, 1)
         assert labels.dtype == np.uint8 and np.array_equal(labels, expected)
         assert (base / "images_detectron2" / split / f"COCO_{split}2014_000000000077.jpg").is_file()

@@ -12,14 +12,24 @@ import mask_former.data.datasets as registrations
 from mask_former.data.datasets import categories, register_all
 
 DEFAULT_NAMES = [
-    "ade20k_sem_seg_train", "ade20k_sem_seg_val",
-    "ade20k_full_sem_seg_train", "ade20k_full_sem_seg_val",
-    "ade20k_panoptic_train", "ade20k_panoptic_val",
-    "coco_2017_train_stuff_10k_sem_seg", "coco_2017_test_stuff_10k_sem_seg",
-    "mapillary_vistas_sem_seg_train", "mapillary_vistas_sem_seg_val",
-    "cityscapes_fine_sem_seg_train", "cityscapes_fine_sem_seg_val",
-    "coco_2017_train_panoptic", "coco_2017_val_panoptic",
-    "shapes_sem_seg_train", "shapes_sem_seg_val", "shapes_panoptic_train", "shapes_panoptic_val",
+    "ade20k_sem_seg_train",
+    "ade20k_sem_seg_val",
+    "ade20k_full_sem_seg_train",
+    "ade20k_full_sem_seg_val",
+    "ade20k_panoptic_train",
+    "ade20k_panoptic_val",
+    "coco_2017_train_stuff_10k_sem_seg",
+    "coco_2017_test_stuff_10k_sem_seg",
+    "mapillary_vistas_sem_seg_train",
+    "mapillary_vistas_sem_seg_val",
+    "cityscapes_fine_sem_seg_train",
+    "cityscapes_fine_sem_seg_val",
+    "coco_2017_train_panoptic",
+    "coco_2017_val_panoptic",
+    "shapes_sem_seg_train",
+    "shapes_sem_seg_val",
+    "shapes_panoptic_train",
+    "shapes_panoptic_val",
 ]
 
 
@@ -50,7 +60,8 @@ def test_default_metadata():
     assert len(ade_pan.thing_dataset_id_to_contiguous_id) == 100
     assert len(ade_pan.stuff_dataset_id_to_contiguous_id) == 150
     assert ade_pan.label_divisor == 1000 and ade_pan.sem_seg_root.endswith(
-        os.path.join("annotations_detectron2", "validation"))
+        os.path.join("annotations_detectron2", "validation")
+    )
     assert MetadataCatalog.get("ade20k_sem_seg_val").stuff_colors[2] == [6, 230, 230]  # sky
     assert MetadataCatalog.get("cityscapes_fine_sem_seg_val").stuff_colors[0] == [128, 64, 128]
 
@@ -74,8 +85,9 @@ def test_root_comes_from_the_environment(tmp_path, monkeypatch):
     prefix = unique_prefix()
     register_all(name_prefix=prefix)
     meta = MetadataCatalog.get(prefix + "mapillary_vistas_sem_seg_val")
-    assert meta.image_root == os.path.join(str(tmp_path), "mapillary_vistas", "validation",
-                                           "images")
+    assert meta.image_root == os.path.join(
+        str(tmp_path), "mapillary_vistas", "validation", "images"
+    )
 
 
 def test_category_tables():

@@ -28,8 +28,9 @@ def read_split(base, split):
     for ann in data["annotations"]:
         stem = os.path.splitext(ann["file_name"])[0]
         image = cv2.imread(os.path.join(base, "images", split, stem + ".jpg"))
-        labels = cv2.imread(os.path.join(base, "sem_seg", split, stem + ".png"),
-                            cv2.IMREAD_UNCHANGED)
+        labels = cv2.imread(
+            os.path.join(base, "sem_seg", split, stem + ".png"), cv2.IMREAD_UNCHANGED
+        )
         rgb = cv2.imread(os.path.join(base, "panoptic", split, stem + ".png"))[..., ::-1]
         ids = rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
         samples.append((image, labels, ids, ann["segments_info"]))
@@ -53,9 +54,11 @@ def test_same_seed_same_bytes_and_prefix_property(tmp_path, small_shapes):
             b = os.path.join(small_shapes, sub, "train", f"{i:06d}{ext}")
             assert filecmp.cmp(a, b, shallow=False), (sub, i)
     shapes.generate_split(str(tmp_path / "other"), "train", TRAIN_SEED + 1, 2)
-    assert not filecmp.cmp(os.path.join(tmp_path, "images", "train", "000000.jpg"),
-                           os.path.join(tmp_path, "other", "images", "train", "000000.jpg"),
-                           shallow=False)
+    assert not filecmp.cmp(
+        os.path.join(tmp_path, "images", "train", "000000.jpg"),
+        os.path.join(tmp_path, "other", "images", "train", "000000.jpg"),
+        shallow=False,
+    )
 
 
 def test_semantic_and_panoptic_formats_agree(small_shapes):
@@ -86,14 +89,13 @@ def test_dataset_properties(small_shapes):
         things_per_image.append(len(things))
         for i, a in enumerate(things):
             grown = cv2.dilate((ids == a["id"]).astype(np.uint8), np.ones((3, 3), np.uint8))
-            for b in things[i + 1:]:
+            for b in things[i + 1 :]:
                 if b["category_id"] == a["category_id"] and (grown & (ids == b["id"])).any():
                     touching_same_class += 1
     assert min(things_per_image) >= 2 and np.mean(things_per_image) >= 3
     assert touching_same_class >= 5  # same-class instances that touch or overlap
     all_labels = np.concatenate([s[1].ravel() for s in samples])
     assert set(np.unique(all_labels)) == set(range(6))
-
 
 
 def test_squares_are_axis_aligned_and_triangles_point_up():
@@ -110,9 +112,11 @@ def test_squares_are_axis_aligned_and_triangles_point_up():
     assert widths[rows[0]] <= 3 and widths[rows[-1]] == widths.max()
     assert np.all(np.diff(widths[rows]) >= 0)
     # About the same area for the three shapes at a given size.
-    areas = [shapes._shape_mask(k, (60, 60), size, h, w).sum()
-             for k in ("circle", "square", "triangle")]
+    areas = [
+        shapes._shape_mask(k, (60, 60), size, h, w).sum() for k in ("circle", "square", "triangle")
+    ]
     assert max(areas) < 1.25 * min(areas), areas
+
 
 def colour_keys(images, levels):
     q = 256 // levels
@@ -128,7 +132,7 @@ def test_not_a_colour_lookup(small_shapes, levels):
     _, val = read_split(small_shapes, "val")
     keys = colour_keys([s[0] for s in train], levels)
     labels = np.concatenate([s[1].ravel() for s in train]).astype(np.int64)
-    table = np.zeros((levels ** 3, 6), dtype=np.int64)
+    table = np.zeros((levels**3, 6), dtype=np.int64)
     np.add.at(table, (keys, labels), 1)
     best = table.argmax(axis=1)
     best[table.sum(axis=1) == 0] = np.bincount(labels).argmax()
@@ -148,8 +152,11 @@ def tiny_splits(monkeypatch):
 def test_registration_generates_once_and_metadata(tmp_path, tiny_splits):
     prefix = unique_prefix()
     names = register_shapes(str(tmp_path), prefix)
-    assert sorted(names) == sorted(prefix + f"shapes_{kind}_{split}" for kind in
-                                   ("sem_seg", "panoptic") for split in ("train", "val"))
+    assert sorted(names) == sorted(
+        prefix + f"shapes_{kind}_{split}"
+        for kind in ("sem_seg", "panoptic")
+        for split in ("train", "val")
+    )
     assert not os.path.exists(tmp_path / "shapes")  # nothing happens until first use
     sem = DatasetCatalog.get(prefix + "shapes_sem_seg_train")
     assert len(sem) == 4 and os.path.isfile(tmp_path / "shapes" / "COMPLETE")
@@ -157,8 +164,15 @@ def test_registration_generates_once_and_metadata(tmp_path, tiny_splits):
     pan = DatasetCatalog.get(prefix + "shapes_panoptic_val")
     assert len(pan) == 3 and os.path.getmtime(tmp_path / "shapes" / "COMPLETE") == stamp
     rec = pan[0]
-    assert {"file_name", "pan_seg_file_name", "sem_seg_file_name", "segments_info",
-            "image_id", "height", "width"} <= set(rec)
+    assert {
+        "file_name",
+        "pan_seg_file_name",
+        "sem_seg_file_name",
+        "segments_info",
+        "image_id",
+        "height",
+        "width",
+    } <= set(rec)
     assert all(0 <= s["category_id"] < 6 for s in rec["segments_info"])
     assert all(s["isthing"] == (s["category_id"] < 3) for s in rec["segments_info"])
 
@@ -167,8 +181,7 @@ def test_registration_generates_once_and_metadata(tmp_path, tiny_splits):
     assert MetadataCatalog.get(prefix + "shapes_sem_seg_val").evaluator_type == "sem_seg"
     assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 3: 2}
     assert meta.stuff_dataset_id_to_contiguous_id == {i + 1: i for i in range(6)}
-    assert meta.stuff_classes == ["circle", "square", "triangle", "gradient", "stripes",
-                                  "blotches"]
+    assert meta.stuff_classes == ["circle", "square", "triangle", "gradient", "stripes", "blotches"]
     assert meta.ignore_label == 255 and os.path.isdir(meta.sem_seg_root)
     assert os.path.isfile(meta.panoptic_json) and os.path.isdir(meta.panoptic_root)
     # Registering again is a no-op.
@@ -216,10 +229,16 @@ def test_evaluators_score_ground_truth_perfectly(tmp_path, tiny_splits):
         ids = read_panoptic_ids(rec, (rec["height"], rec["width"]))
         labels = cv2.imread(rec["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
         scores = torch.nn.functional.one_hot(torch.as_tensor(labels.astype(np.int64)), 6)
-        segments = [{"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
-                    for s in rec["segments_info"]]
-        outputs = [{"panoptic_seg": (torch.as_tensor(ids.astype(np.int32)), segments),
-                    "sem_seg": scores.permute(2, 0, 1).float()}]
+        segments = [
+            {"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
+            for s in rec["segments_info"]
+        ]
+        outputs = [
+            {
+                "panoptic_seg": (torch.as_tensor(ids.astype(np.int32)), segments),
+                "sem_seg": scores.permute(2, 0, 1).float(),
+            }
+        ]
         pan_eval.process([rec], outputs)
         sem_eval.process([rec], outputs)
     pq = pan_eval.evaluate()["panoptic_seg"]

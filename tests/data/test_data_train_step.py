@@ -81,9 +81,14 @@ def test_one_training_step(tmp_path, fmt):
     assert len(changed) > len(params) // 2
 
 
-@pytest.mark.parametrize("kind, mapper_name", [("sem_seg", "mask_former_semantic"),
-                                               ("panoptic", "mask_former_panoptic"),
-                                               ("panoptic", "detr_panoptic")])
+@pytest.mark.parametrize(
+    "kind, mapper_name",
+    [
+        ("sem_seg", "mask_former_semantic"),
+        ("panoptic", "mask_former_panoptic"),
+        ("panoptic", "detr_panoptic"),
+    ],
+)
 def test_one_training_step_on_shapes(tmp_path, monkeypatch, kind, mapper_name):
     from data_testutils import unique_prefix
     from test_data_formats import mini_cfg

@@ -23,8 +23,11 @@ def _register(evaluator_type, records):
     name = f"engine_test_{evaluator_type}_{uuid.uuid4().hex[:8]}"
     DatasetCatalog.register(name, lambda: records)
     MetadataCatalog.get(name).set(
-        evaluator_type=evaluator_type, stuff_classes=["a", "b"], ignore_label=255,
-        thing_dataset_id_to_contiguous_id={1: 0}, stuff_dataset_id_to_contiguous_id={2: 1},
+        evaluator_type=evaluator_type,
+        stuff_classes=["a", "b"],
+        ignore_label=255,
+        thing_dataset_id_to_contiguous_id={1: 0},
+        stuff_dataset_id_to_contiguous_id={2: 1},
     )
     return name
 
@@ -118,8 +121,13 @@ def test_setup_merges_file_and_opts_and_falls_back_to_cpu(tmp_path, monkeypatch)
     config = tmp_path / "tiny.yaml"
     config.write_text("SOLVER:\n  BASE_LR: 0.5\nMODEL:\n  MASK_FORMER:\n    HIDDEN_DIM: 32\n")
     args = argparse.Namespace(
-        config_file=str(config), opts=["SOLVER.MAX_ITER", "7", "OUTPUT_DIR", str(tmp_path / "o")],
-        eval_only=False, resume=False, num_gpus=1, num_machines=1, machine_rank=0,
+        config_file=str(config),
+        opts=["SOLVER.MAX_ITER", "7", "OUTPUT_DIR", str(tmp_path / "o")],
+        eval_only=False,
+        resume=False,
+        num_gpus=1,
+        num_machines=1,
+        machine_rank=0,
         dist_url="auto",
     )
     cfg = setup(args)

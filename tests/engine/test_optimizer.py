@@ -57,7 +57,11 @@ def _hyperparams_by_name(model, groups):
 def test_param_groups_lr_multiplier_and_weight_decays():
     model = _Toy()
     groups = build_param_groups(
-        model, base_lr=1.0, weight_decay=0.5, weight_decay_norm=0.25, weight_decay_embed=0.125,
+        model,
+        base_lr=1.0,
+        weight_decay=0.5,
+        weight_decay_norm=0.25,
+        weight_decay_embed=0.125,
         backbone_multiplier=0.1,
     )
     expected = {
@@ -141,10 +145,17 @@ def test_full_model_clipping_clips_the_global_norm():
 
 def test_full_model_clipping_from_config_and_small_grads_untouched():
     model = nn.Linear(2, 1, bias=False)
-    cfg = _cfg(OPTIMIZER="SGD", BASE_LR=1.0, WEIGHT_DECAY=0.0, MOMENTUM=0.0, **{
-        "CLIP_GRADIENTS.ENABLED": True, "CLIP_GRADIENTS.CLIP_TYPE": "full_model",
-        "CLIP_GRADIENTS.CLIP_VALUE": 10.0,
-    })
+    cfg = _cfg(
+        OPTIMIZER="SGD",
+        BASE_LR=1.0,
+        WEIGHT_DECAY=0.0,
+        MOMENTUM=0.0,
+        **{
+            "CLIP_GRADIENTS.ENABLED": True,
+            "CLIP_GRADIENTS.CLIP_TYPE": "full_model",
+            "CLIP_GRADIENTS.CLIP_VALUE": 10.0,
+        },
+    )
     opt = build_optimizer(cfg, model)
     assert "FullModelGradientClip" in type(opt).__name__
     with torch.no_grad():
@@ -156,10 +167,17 @@ def test_full_model_clipping_from_config_and_small_grads_untouched():
 
 def test_detectron2_value_clipping_still_available():
     model = nn.Linear(2, 1, bias=False)
-    cfg = _cfg(OPTIMIZER="SGD", BASE_LR=1.0, WEIGHT_DECAY=0.0, MOMENTUM=0.0, **{
-        "CLIP_GRADIENTS.ENABLED": True, "CLIP_GRADIENTS.CLIP_TYPE": "value",
-        "CLIP_GRADIENTS.CLIP_VALUE": 0.5,
-    })
+    cfg = _cfg(
+        OPTIMIZER="SGD",
+        BASE_LR=1.0,
+        WEIGHT_DECAY=0.0,
+        MOMENTUM=0.0,
+        **{
+            "CLIP_GRADIENTS.ENABLED": True,
+            "CLIP_GRADIENTS.CLIP_TYPE": "value",
+            "CLIP_GRADIENTS.CLIP_VALUE": 0.5,
+        },
+    )
     opt = build_optimizer(cfg, model)
     with torch.no_grad():
         model.weight.zero_()

@@ -39,14 +39,26 @@ def _register_tiny_shapes(root: str) -> None:
         panoptic_json = os.path.join(base, f"panoptic_{split}.json")
         dirs = {key: os.path.join(base, key, split) for key in ("images", "panoptic", "sem_seg")}
         loader = functools.partial(
-            load_panoptic_json, panoptic_json, dirs["images"], dirs["panoptic"], dirs["sem_seg"],
-            meta["thing_dataset_id_to_contiguous_id"], meta["stuff_dataset_id_to_contiguous_id"],
+            load_panoptic_json,
+            panoptic_json,
+            dirs["images"],
+            dirs["panoptic"],
+            dirs["sem_seg"],
+            meta["thing_dataset_id_to_contiguous_id"],
+            meta["stuff_dataset_id_to_contiguous_id"],
         )
-        register_dataset(name, loader, {
-            **meta, "image_root": dirs["images"], "sem_seg_root": dirs["sem_seg"],
-            "panoptic_root": dirs["panoptic"], "panoptic_json": panoptic_json,
-            "evaluator_type": "coco_panoptic_seg",
-        })
+        register_dataset(
+            name,
+            loader,
+            {
+                **meta,
+                "image_root": dirs["images"],
+                "sem_seg_root": dirs["sem_seg"],
+                "panoptic_root": dirs["panoptic"],
+                "panoptic_json": panoptic_json,
+                "evaluator_type": "coco_panoptic_seg",
+            },
+        )
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +115,14 @@ def _tiny_cfg(out_dir: str, **opts):
 
 def _args(config_file: str, *opts, eval_only=False, resume=False, num_gpus=1):
     return argparse.Namespace(
-        config_file=config_file, opts=list(opts), eval_only=eval_only, resume=resume,
-        num_gpus=num_gpus, num_machines=1, machine_rank=0, dist_url="auto",
+        config_file=config_file,
+        opts=list(opts),
+        eval_only=eval_only,
+        resume=resume,
+        num_gpus=num_gpus,
+        num_machines=1,
+        machine_rank=0,
+        dist_url="auto",
     )
 
 
@@ -139,11 +157,22 @@ def test_train_with_eval_then_eval_only_gives_the_same_metrics(datasets_root, tm
     assert last["sem_seg/mIoU"] == pytest.approx(trained["sem_seg"]["mIoU"])
 
     weights = os.path.join(out, "model_final.pth")
-    evaluated = train_net.main(_args(
-        config, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "eval"),
-        "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(48, 64)", "TEST.AUG.MAX_SIZE", "128",
-        eval_only=True,
-    ))
+    evaluated = train_net.main(
+        _args(
+            config,
+            "MODEL.WEIGHTS",
+            weights,
+            "OUTPUT_DIR",
+            str(tmp_path / "eval"),
+            "TEST.AUG.ENABLED",
+            "True",
+            "TEST.AUG.MIN_SIZES",
+            "(48, 64)",
+            "TEST.AUG.MAX_SIZE",
+            "128",
+            eval_only=True,
+        )
+    )
     for task in ("sem_seg", "panoptic_seg"):
         assert evaluated[task].keys() == trained[task].keys()
         for key, value in trained[task].items():
@@ -155,8 +184,9 @@ def test_train_with_eval_then_eval_only_gives_the_same_metrics(datasets_root, tm
 
 def test_resume_continues_at_the_next_iteration(datasets_root, tmp_path):
     out = str(tmp_path / "run")
-    cfg = _tiny_cfg(out, **{"SOLVER.MAX_ITER": 4, "SOLVER.CHECKPOINT_PERIOD": 2,
-                            "DATASETS.TEST": "()"})
+    cfg = _tiny_cfg(
+        out, **{"SOLVER.MAX_ITER": 4, "SOLVER.CHECKPOINT_PERIOD": 2, "DATASETS.TEST": "()"}
+    )
     train_net.main(_args(_write_cfg(cfg, tmp_path / "a.yaml")))
     # Pretend the run was interrupted after its checkpoint of iteration 1 (iterations 0, 1).
     with open(os.path.join(out, "last_checkpoint"), "w") as f:
@@ -187,8 +217,13 @@ def test_two_cpu_processes_train_and_evaluate(datasets_root, tmp_path):
     out = str(tmp_path / "run")
     config = _write_cfg(_tiny_cfg(out, **{"SOLVER.MAX_ITER": 3}), tmp_path / "tiny.yaml")
     args = _args(config, num_gpus=2)
-    launch(_register_and_run, 2, dist_url="auto", args=(datasets_root, train_net.main, args),
-           use_cpu=True)
+    launch(
+        _register_and_run,
+        2,
+        dist_url="auto",
+        args=(datasets_root, train_net.main, args),
+        use_cpu=True,
+    )
     with open(os.path.join(out, "log.txt")) as f:
         log = f.read()
     assert "World size: 2" in log
@@ -204,12 +239,19 @@ class _FixedOrderTrainer(Trainer):
     def build_train_loader(cls, cfg):
         dataset = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
         mapper = MaskFormerPanopticDatasetMapper(
-            is_train=True, augmentations=[], image_format="RGB", ignore_label=255,
+            is_train=True,
+            augmentations=[],
+            image_format="RGB",
+            ignore_label=255,
             size_divisibility=256,
         )
         return build_detection_train_loader(
-            dataset=dataset, mapper=mapper, sampler=TrainingSampler(len(dataset), shuffle=False),
-            total_batch_size=cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=False, num_workers=0,
+            dataset=dataset,
+            mapper=mapper,
+            sampler=TrainingSampler(len(dataset), shuffle=False),
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            aspect_ratio_grouping=False,
+            num_workers=0,
         )
 
 
@@ -229,10 +271,16 @@ def test_distributed_mask_losses_equal_single_process(datasets_root, tmp_path):
     results = {}
     for world_size in (1, 2):
         out = str(tmp_path / f"world{world_size}")
-        cfg = _tiny_cfg(out, **{"SOLVER.IMS_PER_BATCH": 4, "SOLVER.MAX_ITER": 1,
-                                "DATASETS.TEST": "()"})
-        launch(_register_and_run, world_size, dist_url="auto",
-               args=(datasets_root, _first_iteration, cfg), use_cpu=True)
+        cfg = _tiny_cfg(
+            out, **{"SOLVER.IMS_PER_BATCH": 4, "SOLVER.MAX_ITER": 1, "DATASETS.TEST": "()"}
+        )
+        launch(
+            _register_and_run,
+            world_size,
+            dist_url="auto",
+            args=(datasets_root, _first_iteration, cfg),
+            use_cpu=True,
+        )
         (record,) = _metrics(out)
         results[world_size] = record
     for key in ("loss_mask", "loss_dice", "loss_mask_0", "loss_dice_0"):

@@ -247,7 +247,9 @@ def test_batched_grid_matching_equals_matching_each_image_alone():
         if sizes[b]:
             # ... and the optimum of the image's own cost matrix.
             cost = matcher.cost_matrix(
-                outputs["pred_logits"][b], outputs["pred_masks"][b], target["labels"],
+                outputs["pred_logits"][b],
+                outputs["pred_masks"][b],
+                target["labels"],
                 target["masks"],
             )
             assert torch.isclose(cost[pred_idx, tgt_idx].sum(), _brute_force_min(cost))

@@ -278,8 +278,10 @@ def test_at_least_one_inference_output_must_be_enabled():
 def test_pixel_embedding_feeds_the_mask_features_to_the_predictor():
     """TRANSFORMER_IN_FEATURE "pixel_embedding": the predictor attends to the pixel embeddings."""
     cfg = tiny_swin_cfg(
-        **{"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": "pixel_embedding",
-           "MODEL.SEM_SEG_HEAD.MASK_DIM": 24}
+        **{
+            "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": "pixel_embedding",
+            "MODEL.SEM_SEG_HEAD.MASK_DIM": 24,
+        }
     )
     model = build_model(cfg).eval()
     head = model.sem_seg_head

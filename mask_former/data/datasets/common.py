@@ -158,8 +158,12 @@ def load_panoptic_json(
             "image_id": image_id,
             "pan_seg_file_name": os.path.join(panoptic_dir, ann["file_name"]),
             "segments_info": [
-                _convert_segment(seg, thing_dataset_id_to_contiguous_id,
-                                 stuff_dataset_id_to_contiguous_id, json_file)
+                _convert_segment(
+                    seg,
+                    thing_dataset_id_to_contiguous_id,
+                    stuff_dataset_id_to_contiguous_id,
+                    json_file,
+                )
                 for seg in ann["segments_info"]
             ],
         }

@@ -36,8 +36,10 @@ def shapes_metadata() -> Dict[str, Any]:
 def _load_sem_seg(root: str, split: str) -> List[Dict[str, Any]]:
     base = ensure_shapes_dataset(root)
     return load_sem_seg(
-        os.path.join(base, "sem_seg", split), os.path.join(base, "images", split),
-        gt_ext="png", image_ext="jpg",
+        os.path.join(base, "sem_seg", split),
+        os.path.join(base, "images", split),
+        gt_ext="png",
+        image_ext="jpg",
     )
 
 

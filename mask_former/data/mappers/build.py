@@ -42,7 +42,8 @@ def build_train_mapper(cfg: CfgNode) -> Optional[Callable]:
     """
     name = cfg.INPUT.DATASET_MAPPER_NAME
     if name not in DATASET_MAPPER_REGISTRY:
-        logger.info("INPUT.DATASET_MAPPER_NAME %r is not a MaskFormer mapper: using the default.",
-                    name)
+        logger.info(
+            "INPUT.DATASET_MAPPER_NAME %r is not a MaskFormer mapper: using the default.", name
+        )
         return None
     return DATASET_MAPPER_REGISTRY.get(name)(cfg, is_train=True)

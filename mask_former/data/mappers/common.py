@@ -139,9 +139,7 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
-def pad_to_divisibility(
-    tensor: torch.Tensor, size_divisibility: int, value: float
-) -> torch.Tensor:
+def pad_to_divisibility(tensor: torch.Tensor, size_divisibility: int, value: float) -> torch.Tensor:
     """
     Pad the last two dims (H, W) on the bottom and right up to the next multiple of
     ``size_divisibility`` with ``value``; a no-op when ``size_divisibility <= 0``.
@@ -185,9 +183,7 @@ def semantic_instances(sem_seg: torch.Tensor, ignore_label: int) -> Instances:
     return _instances(tuple(sem_seg.shape), classes, masks)
 
 
-def panoptic_instances(
-    pan_seg: torch.Tensor, segments_info: Sequence[Dict[str, Any]]
-) -> Instances:
+def panoptic_instances(pan_seg: torch.Tensor, segments_info: Sequence[Dict[str, Any]]) -> Instances:
     """
     One target per non-crowd segment of ``pan_seg`` ((H, W) segment ids), in segments_info
     order. Crowd segments are dropped, and so are segments that the augmentation cropped away

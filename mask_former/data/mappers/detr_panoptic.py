@@ -67,7 +67,8 @@ class DETRPanopticDatasetMapper:
         self.num_classes = num_classes
         logger.info(
             "DETRPanopticDatasetMapper augmentations: %s, crop: %s",
-            augmentations, crop_augmentations,
+            augmentations,
+            crop_augmentations,
         )
 
     @classmethod
@@ -114,8 +115,12 @@ class DETRPanopticDatasetMapper:
                 if key not in dataset_dict:
                     raise ValueError(f"Panoptic record of {name!r} has no {key!r}.")
             pan_ids = read_panoptic_ids(dataset_dict, image.shape[:2])
-            check_segments(pan_ids, dataset_dict["segments_info"], self.num_classes,
-                           dataset_dict["pan_seg_file_name"])
+            check_segments(
+                pan_ids,
+                dataset_dict["segments_info"],
+                self.num_classes,
+                dataset_dict["pan_seg_file_name"],
+            )
         aug_input = T.AugInput(image)
         transforms = self._pick_augmentations()(aug_input)
         dataset_dict["image"] = image_to_tensor(aug_input.image)

@@ -79,9 +79,7 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
         image = read_image(dataset_dict, self.image_format)
         pan_ids = read_panoptic_ids(dataset_dict, image.shape[:2])
         segments_info = dataset_dict.pop("segments_info")
-        check_segments(
-            pan_ids, segments_info, self.num_classes, dataset_dict["pan_seg_file_name"]
-        )
+        check_segments(pan_ids, segments_info, self.num_classes, dataset_dict["pan_seg_file_name"])
         has_sem_seg = "sem_seg_file_name" in dataset_dict
         if has_sem_seg:
             sem_seg = read_label_map(dataset_dict, "sem_seg_file_name", image.shape[:2])
