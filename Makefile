@@ -26,5 +26,7 @@ compare: setup
 bench: setup
 	$(PY) dev/bench_train_step.py
 
+# Lint and the enforced formatting (`ruff format .` fixes the latter).
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
