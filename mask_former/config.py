@@ -51,6 +51,10 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     # Weight decay of nn.Embedding parameters (the learned queries).
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # SOLVER.AMP.ENABLED on the CPU: "auto" trains in bfloat16 only where the CPU computes it
+    # natively (mask_former.utils.cpu.cpu_supports_native_bfloat16) and in float32 otherwise,
+    # where bfloat16 is much slower; "bfloat16" or "float32" force one. CUDA ignores it (float16).
+    cfg.SOLVER.AMP.CPU_PRECISION = "auto"
 
 
 def _add_mask_former_model_config(cfg: CN) -> None:

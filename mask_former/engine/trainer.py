@@ -20,6 +20,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
+from ..utils import cpu as cpu_utils
 from .evaluation import build_evaluator
 from .optimizer import build_optimizer
 from .tta import SemanticSegmentorWithTTA
@@ -38,7 +39,8 @@ def _ddp_kwargs(model: nn.Module) -> Dict:
 
 class BFloat16Trainer(SimpleTrainer):
     """
-    Mixed precision on the CPU (SOLVER.AMP.ENABLED with a CPU model): the forward pass runs under
+    Mixed precision on the CPU (SOLVER.AMP.ENABLED with a CPU model, where
+    SOLVER.AMP.CPU_PRECISION resolves to bfloat16): the forward pass runs under
     ``torch.autocast("cpu", dtype=torch.bfloat16)``, so convolutions and matrix products use
     bfloat16 while parameters, gradients and the optimizer stay in float32; matching and losses
     are computed in float32 (see SetCriterion). bfloat16 has float32's exponent range, so unlike
@@ -59,15 +61,45 @@ class BFloat16Trainer(SimpleTrainer):
         self.optimizer.step()
 
 
+_CPU_PRECISIONS = ("auto", "bfloat16", "float32")
+
+
+def _cpu_precision(cfg: CfgNode) -> str:
+    """
+    The dtype ("bfloat16" or "float32") of CPU mixed precision, from SOLVER.AMP.CPU_PRECISION:
+    "auto" picks bfloat16 only where the CPU computes it natively, and warns otherwise.
+    """
+    choice = cfg.SOLVER.AMP.CPU_PRECISION
+    if choice != "auto":
+        return choice
+    if cpu_utils.cpu_supports_native_bfloat16():
+        return "bfloat16"
+    logger.warning(
+        "SOLVER.AMP.ENABLED: this CPU (PyTorch capability %s) has no native bfloat16, which would "
+        "make training about 12x slower than float32; training in float32 instead. Set "
+        "SOLVER.AMP.CPU_PRECISION bfloat16 to force bfloat16.",
+        cpu_utils.cpu_capability(),
+    )
+    return "float32"
+
+
 def _step_trainer_class(cfg: CfgNode) -> type:
-    """The per-iteration trainer: float32, CUDA float16 AMP or CPU bfloat16 AMP."""
+    """
+    The per-iteration trainer: float32, CUDA float16 AMP, or on the CPU bfloat16 AMP where
+    SOLVER.AMP.CPU_PRECISION (see :func:`_cpu_precision`) resolves to bfloat16.
+    """
+    choice = cfg.SOLVER.AMP.CPU_PRECISION
+    if choice not in _CPU_PRECISIONS:
+        raise ValueError(
+            f"SOLVER.AMP.CPU_PRECISION = {choice!r}: expected one of {', '.join(_CPU_PRECISIONS)}"
+        )
     device = str(cfg.MODEL.DEVICE)
     if not cfg.SOLVER.AMP.ENABLED:
         return SimpleTrainer
     if device.startswith("cuda"):
         return AMPTrainer
     if device == "cpu":
-        return BFloat16Trainer
+        return BFloat16Trainer if _cpu_precision(cfg) == "bfloat16" else SimpleTrainer
     raise ValueError(
         f"SOLVER.AMP.ENABLED=True: no mixed precision for MODEL.DEVICE {device!r} "
         "(float16 on 'cuda', bfloat16 on 'cpu')"
