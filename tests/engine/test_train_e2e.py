@@ -299,12 +299,17 @@ def test_amp_on_cpu_trains_in_bfloat16_with_float32_losses(datasets_root, tmp_pa
     """
     SOLVER.AMP.ENABLED on the CPU: convolutions run in bfloat16 on NHWC weights, the logged
     first-iteration losses (float32, from the same weights and images) stay within bfloat16's
-    precision of the float32 run's, and the weights stay float32.
+    precision of the float32 run's, and the weights stay float32. bfloat16 is forced
+    (SOLVER.AMP.CPU_PRECISION), so the test means the same on CPUs without native bfloat16.
     """
     opts = {"SOLVER.IMS_PER_BATCH": 2, "SOLVER.MAX_ITER": 1, "DATASETS.TEST": "()"}
     _, fp32 = _first_iteration_losses(_tiny_cfg(str(tmp_path / "fp32"), **opts))
     trainer, bf16 = _first_iteration_losses(
-        _tiny_cfg(str(tmp_path / "bf16"), **opts, **{"SOLVER.AMP.ENABLED": True})
+        _tiny_cfg(
+            str(tmp_path / "bf16"),
+            **opts,
+            **{"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.CPU_PRECISION": "bfloat16"},
+        )
     )
     assert isinstance(trainer._trainer, BFloat16Trainer)
     model = trainer.model
