@@ -107,6 +107,10 @@ def _add_mask_former_model_config(cfg: CN) -> None:
     # Resize mask logits to the output size before semantic inference rather than after
     # (always done when panoptic or instance inference is on).
     cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+    # Precision of the network in inference: "float32", or autocast to "bfloat16" (CUDA, and
+    # CPUs with native bfloat16; elsewhere float32 with a warning) or "float16" (CUDA only).
+    # Post-processing always runs in float32.
+    cfg.MODEL.MASK_FORMER.TEST.PRECISION = "float32"
 
 
 def _add_sem_seg_head_config(cfg: CN) -> None:

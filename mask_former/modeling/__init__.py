@@ -8,7 +8,13 @@ MaskFormer model components. Importing this package registers the meta-architect
 from .backbone import D2SwinTransformer
 from .criterion import SetCriterion
 from .heads import MaskFormerHead, PerPixelBaselineHead, PerPixelBaselinePlusHead
-from .inference import instance_inference, panoptic_inference, semantic_inference
+from .inference import (
+    ResizedMaskLogits,
+    instance_inference,
+    panoptic_inference,
+    resize_mask_logits,
+    semantic_inference,
+)
 from .matcher import HungarianMatcher
 from .meta_arch import MaskFormer
 from .pixel_decoder import (
@@ -35,4 +41,6 @@ __all__ = [
     "semantic_inference",
     "panoptic_inference",
     "instance_inference",
+    "ResizedMaskLogits",
+    "resize_mask_logits",
 ]

@@ -13,10 +13,9 @@ Shape shorthand in this module:
 """
 
 import logging
-from typing import Dict, List, Set
+from typing import Dict, List, Set, Tuple
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
@@ -27,8 +26,14 @@ from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
 
 from .criterion import SetCriterion
-from .inference import instance_inference, panoptic_inference, semantic_inference
+from .inference import (
+    instance_inference,
+    panoptic_inference,
+    resize_mask_logits,
+    semantic_inference,
+)
 from .matcher import HungarianMatcher
+from .precision import check_inference_precision, inference_autocast_dtype
 
 __all__ = ["MaskFormer", "loss_weights", "thing_ids_from_metadata"]
 
@@ -79,6 +84,7 @@ class MaskFormer(nn.Module):
         panoptic_on: bool = False,
         instance_on: bool = False,
         test_topk_per_image: int = 100,
+        inference_precision: str = "float32",
     ):
         """
         Args:
@@ -94,6 +100,8 @@ class MaskFormer(nn.Module):
             pixel_mean, pixel_std: per-channel normalisation of the input image.
             semantic_on, panoptic_on, instance_on: which outputs to produce.
             test_topk_per_image: instances kept per image by instance inference.
+            inference_precision: "float32", "bfloat16" or "float16" (autocast of the network
+                in inference, where the device supports it; see ``inference_autocast_dtype``).
         """
         super().__init__()
         if not (semantic_on or panoptic_on or instance_on):
@@ -120,6 +128,7 @@ class MaskFormer(nn.Module):
         self.panoptic_on = panoptic_on
         self.instance_on = instance_on
         self.test_topk_per_image = test_topk_per_image
+        self.inference_precision = check_inference_precision(inference_precision)
 
     @classmethod
     def from_config(cls, cfg):
@@ -163,6 +172,7 @@ class MaskFormer(nn.Module):
             "panoptic_on": mf.TEST.PANOPTIC_ON,
             "instance_on": mf.TEST.INSTANCE_ON,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "inference_precision": mf.TEST.PRECISION,
         }
 
     @property
@@ -191,11 +201,25 @@ class MaskFormer(nn.Module):
         if self.training and any("instances" not in x for x in batched_inputs):
             raise ValueError("MaskFormer in training mode needs 'instances' in every input dict")
         images = self.preprocess_image(batched_inputs)
-        outputs = self.sem_seg_head(self.backbone(images.tensor))
         if self.training:
+            outputs = self.sem_seg_head(self.backbone(images.tensor))
             targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
             return self.weighted_losses(self.criterion(outputs, targets))
-        return self.inference(outputs, batched_inputs, images)
+        return self.inference(self.predict(images.tensor), batched_inputs, images)
+
+    def predict(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        The network's last-layer outputs in inference: "pred_logits" (B, Q, K + 1) and
+        "pred_masks" (B, Q, H/4, W/4), float32, from normalised padded images (B, 3, H, W).
+        On the CPU the images enter in channels-last layout (oneDNN's convolutions are faster
+        on it, at identical results); TEST.PRECISION may autocast the network.
+        """
+        if images.device.type == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)
+        dtype = inference_autocast_dtype(self.inference_precision, images.device.type)
+        with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+            outputs = self.sem_seg_head(self.backbone(images))
+        return {key: outputs[key].float() for key in ("pred_logits", "pred_masks")}
 
     def weighted_losses(self, losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Multiply each loss by its weight; drop losses without a weight."""
@@ -219,42 +243,47 @@ class MaskFormer(nn.Module):
         return targets
 
     def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
-        """Upsample mask logits to the padded size and run the enabled inferences per image."""
-        mask_cls_all = outputs["pred_logits"]
-        mask_pred_all = F.interpolate(
-            outputs["pred_masks"],
-            size=images.tensor.shape[-2:],
-            mode="bilinear",
-            align_corners=False,
-        )
-        del outputs
+        """Run the enabled inferences on each image's (class, mask) pairs."""
+        padded_size = tuple(images.tensor.shape[-2:])
         results = []
         for mask_cls, mask_pred, inputs, size in zip(
-            mask_cls_all, mask_pred_all, batched_inputs, images.image_sizes
+            outputs["pred_logits"], outputs["pred_masks"], batched_inputs, images.image_sizes
         ):
             height, width = inputs.get("height", size[0]), inputs.get("width", size[1])
-            # Full-resolution masks of large images may not fit on the GPU: retry on the CPU.
+            # Full-resolution outputs of large images may not fit on the GPU: retry on the CPU.
             single = retry_if_cuda_oom(self._inference_single)
-            results.append(single(mask_cls, mask_pred, size, height, width))
+            results.append(single(mask_cls, mask_pred, padded_size, tuple(size), height, width))
         return results
 
     def _inference_single(
-        self, mask_cls: torch.Tensor, mask_pred: torch.Tensor, size, height: int, width: int
+        self,
+        mask_cls: torch.Tensor,
+        mask_pred: torch.Tensor,
+        padded_size: Tuple[int, int],
+        size: Tuple[int, int],
+        height: int,
+        width: int,
     ) -> Dict:
-        """mask_cls (Q, K + 1), mask_pred (Q, H, W) of one image -> its output dict."""
-        if self.sem_seg_postprocess_before_inference:
-            mask_pred = sem_seg_postprocess(mask_pred, size, height, width)
-        mask_cls = mask_cls.to(mask_pred.dtype)
+        """
+        mask_cls (Q, K + 1) and low-resolution mask_pred (Q, h, w) of one image -> its output
+        dict. The mask logits are upsampled to the padded size and cropped to ``size`` as
+        detectron2's ``sem_seg_postprocess`` does, and resized to (height, width) before
+        inference when ``sem_seg_postprocess_before_inference`` (else the semantic scores are).
+        """
+        before = self.sem_seg_postprocess_before_inference
+        output_size = (height, width) if before else size
+        masks = resize_mask_logits(mask_pred, padded_size, size, output_size)
+        mask_cls = mask_cls.to(masks.dtype)
         result = {}
         if self.semantic_on:
-            semseg = semantic_inference(mask_cls, mask_pred)
-            if not self.sem_seg_postprocess_before_inference:
+            semseg = semantic_inference(mask_cls, masks)
+            if tuple(semseg.shape[-2:]) != (height, width):
                 semseg = sem_seg_postprocess(semseg, size, height, width)
             result["sem_seg"] = semseg
         if self.panoptic_on:
             result["panoptic_seg"] = panoptic_inference(
                 mask_cls,
-                mask_pred,
+                masks,
                 self.thing_ids,
                 self.object_mask_threshold,
                 self.overlap_threshold,
@@ -262,7 +291,7 @@ class MaskFormer(nn.Module):
         if self.instance_on:
             result["instances"] = instance_inference(
                 mask_cls,
-                mask_pred,
+                masks,
                 self.test_topk_per_image,
                 thing_ids=self.thing_ids if self.panoptic_on else None,
             )

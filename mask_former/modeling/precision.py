@@ -1,0 +1,59 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+Inference precision: the autocast dtype that MODEL.MASK_FORMER.TEST.PRECISION asks for, given
+the device the model runs on and, on the CPU, whether it computes bfloat16 natively.
+"""
+
+import logging
+from typing import Optional, Set, Tuple
+
+import torch
+
+from ..utils.cpu import cpu_capability, cpu_supports_native_bfloat16
+
+__all__ = ["INFERENCE_PRECISIONS", "check_inference_precision", "inference_autocast_dtype"]
+
+logger = logging.getLogger(__name__)
+
+INFERENCE_PRECISIONS = ("float32", "bfloat16", "float16")
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+_warned: Set[Tuple[str, str]] = set()
+
+
+def check_inference_precision(precision: str) -> str:
+    """``precision`` if it is one of INFERENCE_PRECISIONS, else a ValueError naming the key."""
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(
+            f"MODEL.MASK_FORMER.TEST.PRECISION = {precision!r}: expected one of "
+            f"{', '.join(INFERENCE_PRECISIONS)}"
+        )
+    return precision
+
+
+def _warn_once(precision: str, device_type: str, why: str) -> None:
+    if (precision, device_type) not in _warned:
+        _warned.add((precision, device_type))
+        logger.warning(
+            "MODEL.MASK_FORMER.TEST.PRECISION %s: %s; inference runs in float32.", precision, why
+        )
+
+
+def inference_autocast_dtype(precision: str, device_type: str) -> Optional[torch.dtype]:
+    """
+    The autocast dtype of the network (backbone and head) in inference, or None for float32.
+    float16 and bfloat16 run on CUDA; on the CPU only bfloat16, and only where the CPU computes
+    it natively (elsewhere it is several times slower than float32): otherwise float32, with one
+    warning per precision and device type.
+    """
+    check_inference_precision(precision)
+    if precision == "float32":
+        return None
+    if device_type == "cuda":
+        return _DTYPES[precision]
+    if device_type == "cpu" and precision == "bfloat16":
+        if cpu_supports_native_bfloat16():
+            return torch.bfloat16
+        _warn_once(precision, device_type, f"this CPU ({cpu_capability()}) has no native bfloat16")
+        return None
+    _warn_once(precision, device_type, f"not supported on device type {device_type!r}")
+    return None

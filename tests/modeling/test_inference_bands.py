@@ -1,0 +1,185 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+Inference from low-resolution mask logits band by band: the composed resize matrices give the
+logits of detectron2's upsample -> crop -> resize, and banded semantic, panoptic and instance
+inference give the results of the whole-tensor computation.
+"""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.modeling import build_model
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from model_testing import random_images, tiny_swin_cfg
+
+from mask_former.modeling import inference, precision
+from mask_former.modeling.inference import (
+    ResizedMaskLogits,
+    bilinear_resize_matrix,
+    instance_inference,
+    panoptic_inference,
+    resize_mask_logits,
+    semantic_inference,
+)
+
+
+def _reference_logits(low, padded, image, output):
+    """detectron2's way: upsample to the padded size, crop to the image, resize to output."""
+    up = F.interpolate(low[None], size=padded, mode="bilinear", align_corners=False)
+    crop = up[:, :, : image[0], : image[1]]
+    return F.interpolate(crop, size=output, mode="bilinear", align_corners=False)[0]
+
+
+@pytest.mark.parametrize("in_size,out_size", [(5, 17), (24, 96), (17, 5), (7, 7), (1, 4)])
+def test_resize_matrix_is_pytorch_bilinear(in_size, out_size):
+    x = torch.randn(3, in_size, generator=torch.Generator().manual_seed(in_size))
+    matrix = bilinear_resize_matrix(in_size, out_size)
+    expected = F.interpolate(x[None], size=out_size, mode="linear", align_corners=False)[0]
+    torch.testing.assert_close(x @ matrix.t(), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "low,padded,image,output",
+    [
+        ((6, 8), (24, 32), (21, 30), (21, 30)),  # crop only
+        ((6, 8), (24, 32), (21, 30), (50, 37)),  # crop, then up-resize
+        ((10, 9), (40, 36), (40, 33), (13, 11)),  # crop, then down-resize
+    ],
+)
+def test_resized_logits_equal_upsample_crop_resize(low, padded, image, output):
+    logits = torch.randn((4, *low), generator=torch.Generator().manual_seed(1)) * 5
+    resized = resize_mask_logits(logits, padded, image, output)
+    assert resized.shape == (4, *output)
+    expected = _reference_logits(logits, padded, image, output)
+    torch.testing.assert_close(resized.full(), expected, rtol=0, atol=1e-5)
+    queries = torch.tensor([3, 1])
+    torch.testing.assert_close(
+        resized.band(2, 9, queries), expected[queries, 2:9], rtol=0, atol=1e-5
+    )
+
+
+def test_resize_matrices_must_fit_the_logits():
+    with pytest.raises(ValueError, match="do not fit"):
+        ResizedMaskLogits(torch.zeros(2, 3, 4), torch.zeros(5, 4), torch.zeros(6, 4))
+
+
+@pytest.fixture
+def small_bands(monkeypatch):
+    """Bands of a few rows, so that a small image is processed in several bands."""
+    monkeypatch.setattr(inference, "BAND_ELEMENTS", 40)
+
+
+def _random_case(seed, num_queries=6, num_classes=4):
+    g = torch.Generator().manual_seed(seed)
+    mask_cls = torch.randn((num_queries, num_classes + 1), generator=g) * 3
+    low = torch.randn((num_queries, 5, 6), generator=g) * 4
+    return mask_cls, resize_mask_logits(low, (20, 24), (19, 22), (19, 22))
+
+
+def test_banded_semantic_equals_whole_tensor(small_bands):
+    mask_cls, resized = _random_case(0)
+    full = resized.full()
+    expected = torch.einsum("qk,qhw->khw", F.softmax(mask_cls, -1)[:, :-1], full.sigmoid())
+    torch.testing.assert_close(semantic_inference(mask_cls, resized), expected)
+    torch.testing.assert_close(semantic_inference(mask_cls, full), expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_banded_panoptic_equals_whole_tensor(small_bands, monkeypatch, seed):
+    mask_cls, resized = _random_case(seed)
+    banded = panoptic_inference(mask_cls, resized, {0, 1}, 0.3, 0.5)
+    monkeypatch.setattr(inference, "BAND_ELEMENTS", 1 << 20)  # one band
+    whole = panoptic_inference(mask_cls, resized.full(), {0, 1}, 0.3, 0.5)
+    assert torch.equal(banded[0], whole[0]) and banded[1] == whole[1]
+    assert banded[1], "the random case should make at least one segment"
+
+
+def test_banded_panoptic_never_holds_all_rows(small_bands, monkeypatch):
+    mask_cls, resized = _random_case(3)
+    rows = []
+    original = ResizedMaskLogits.band
+
+    def recording_band(self, start, stop, queries=None):
+        rows.append(stop - start)
+        return original(self, start, stop, queries)
+
+    monkeypatch.setattr(ResizedMaskLogits, "band", recording_band)
+    panoptic_inference(mask_cls, resized, set(), 0.0, 0.0)
+    semantic_inference(mask_cls, resized)
+    assert rows and max(rows) < resized.shape[1] and sum(rows) == 2 * resized.shape[1]
+
+
+def test_instance_inference_on_resized_logits_equals_whole_tensor():
+    mask_cls, resized = _random_case(4)
+    got = instance_inference(mask_cls, resized, 5, thing_ids={0, 2})
+    expected = instance_inference(mask_cls, resized.full(), 5, thing_ids={0, 2})
+    assert torch.equal(got.pred_classes, expected.pred_classes)
+    assert torch.equal(got.pred_masks, expected.pred_masks)
+    torch.testing.assert_close(got.scores, expected.scores)
+
+
+def test_inference_precision_by_device_and_capability(monkeypatch, caplog):
+    monkeypatch.setattr(precision, "_warned", set())
+    assert precision.inference_autocast_dtype("float32", "cpu") is None
+    assert precision.inference_autocast_dtype("float16", "cuda") is torch.float16
+    assert precision.inference_autocast_dtype("bfloat16", "cuda") is torch.bfloat16
+    monkeypatch.setattr(precision, "cpu_supports_native_bfloat16", lambda: True)
+    assert precision.inference_autocast_dtype("bfloat16", "cpu") is torch.bfloat16
+    monkeypatch.setattr(precision, "cpu_supports_native_bfloat16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="mask_former.modeling.precision"):
+        assert precision.inference_autocast_dtype("bfloat16", "cpu") is None
+        assert precision.inference_autocast_dtype("bfloat16", "cpu") is None
+    assert len(caplog.records) == 1 and "no native bfloat16" in caplog.records[0].message
+    assert precision.inference_autocast_dtype("float16", "cpu") is None
+    with pytest.raises(ValueError, match="TEST.PRECISION = 'fp8'"):
+        precision.inference_autocast_dtype("fp8", "cpu")
+
+
+def _whole_tensor_results(model, batch):
+    """Inference the way it ran before banding: full-size upsampling, crop, resize, per image."""
+    images = model.preprocess_image(batch)
+    outputs = model.sem_seg_head(model.backbone(images.tensor))
+    up = F.interpolate(
+        outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+    )
+    results = []
+    for cls, masks, x, size in zip(outputs["pred_logits"], up, batch, images.image_sizes):
+        masks = sem_seg_postprocess(masks, size, x["height"], x["width"])
+        results.append(
+            {
+                "sem_seg": semantic_inference(cls, masks),
+                "panoptic_seg": panoptic_inference(cls, masks, model.thing_ids, 0.2, 0.3),
+                "instances": instance_inference(cls, masks, 7, thing_ids=model.thing_ids),
+            }
+        )
+    return results
+
+
+def test_model_outputs_equal_whole_tensor_inference(small_bands):
+    cfg = tiny_swin_cfg(
+        **{
+            "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True,
+            "MODEL.MASK_FORMER.TEST.INSTANCE_ON": True,
+            "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": 0.2,
+            "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD": 0.3,
+            "TEST.DETECTIONS_PER_IMAGE": 7,
+        }
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    model.thing_ids = {0, 2}
+    images = random_images([(50, 70), (64, 45), (33, 40)])
+    outputs = [(37, 52), (64, 45), (70, 90)]  # down-, same- and up-resized outputs
+    batch = [{"image": im, "height": h, "width": w} for im, (h, w) in zip(images, outputs)]
+    with torch.no_grad():
+        got, expected = model(batch), _whole_tensor_results(model, batch)
+    for g, e, size in zip(got, expected, outputs):
+        assert g["sem_seg"].shape[-2:] == size
+        torch.testing.assert_close(g["sem_seg"], e["sem_seg"], rtol=0, atol=1e-5)
+        assert torch.equal(g["panoptic_seg"][0], e["panoptic_seg"][0])
+        assert g["panoptic_seg"][1] == e["panoptic_seg"][1]
+        assert torch.equal(g["instances"].pred_masks, e["instances"].pred_masks)
+        torch.testing.assert_close(g["instances"].scores, e["instances"].scores)
+    assert any(g["panoptic_seg"][1] for g in got) and any(len(g["instances"]) for g in got)
