@@ -172,26 +172,69 @@ def test_panoptic_padding_is_void(tmp_path):
     assert not masks[:, :H, :W][:, torch.as_tensor(REGIONS["void"])].any()
 
 
-def test_panoptic_drops_crowd_and_cropped_away_segments(tmp_path):
+def panoptic_mapper_of(kind, augmentations, num_classes=133):
+    """A panoptic mapper of ``kind`` that applies exactly ``augmentations``, no padding."""
+    if kind == "detr_panoptic":
+        return DETRPanopticDatasetMapper(
+            augmentations=augmentations,
+            crop_augmentations=None,
+            image_format="RGB",
+            num_classes=num_classes,
+        )
+    return MaskFormerPanopticDatasetMapper(
+        augmentations=augmentations,
+        image_format="RGB",
+        ignore_label=255,
+        size_divisibility=-1,
+        num_classes=num_classes,
+    )
+
+
+@pytest.mark.parametrize("kind", ["mask_former_panoptic", "detr_panoptic"])
+def test_panoptic_keeps_cropped_away_segments_with_empty_masks(tmp_path, kind):
     root = str(tmp_path)
     write_coco_panoptic(root, crowd_b=True)
     prefix = unique_prefix()
     register_coco_panoptic(root, prefix)
     record = DatasetCatalog.get(prefix + "coco_2017_train_panoptic")[0]
     # A fixed crop of the right half (columns 16..31) removes the left region and square A.
-    crop = T.CropTransform(16, 0, 16, H)
-    mapper = MaskFormerPanopticDatasetMapper(
-        augmentations=[T.RandomCrop("absolute", (H, 16))],
-        image_format="RGB",
-        ignore_label=255,
-        size_divisibility=-1,
-        num_classes=133,
-    )
-    mapper.augmentations = T.AugmentationList([_Fixed(crop)])
+    mapper = panoptic_mapper_of(kind, [_Fixed(T.CropTransform(16, 0, 16, H))])
     out = mapper(record)
-    assert out["instances"].gt_classes.tolist() == [119]  # only "right" (sky) is left
-    assert out["instances"].gt_masks.shape == (1, H, 16)
-    assert torch.equal(out["instances"].gt_masks[0], torch.as_tensor(REGIONS["right"][:, 16:]))
+    # As in the original, every non-crowd segment keeps its target, in segments_info order
+    # (left = wall 131, right = sky 119, A = person 0); only the crowd square B is dropped.
+    assert out["instances"].gt_classes.tolist() == [131, 119, 0]
+    masks = out["instances"].gt_masks
+    assert masks.shape == (3, H, 16) and masks.dtype == torch.bool
+    assert torch.equal(masks[1], torch.as_tensor(REGIONS["right"][:, 16:]))
+    assert not masks[0].any() and not masks[2].any()
+
+
+@pytest.mark.parametrize("kind", ["mask_former_panoptic", "detr_panoptic"])
+@pytest.mark.parametrize("size, n_moved", [(13, 10), (27, 9), (30, 5)])
+def test_panoptic_resize_samples_the_pixels_of_pil_nearest(tmp_path, kind, size, n_moved):
+    # One segment per column of a 20x20 PNG, with ids in all three channels.
+    column_ids = np.arange(20) * (1 + 256 + 65536) + 1
+    ids = np.tile(column_ids, (20, 1))
+    rgb = ids_to_rgb(ids)
+    segments = [{"id": int(i), "category_id": 1, "iscrowd": 0} for i in column_ids]
+    record = {
+        "file_name": save_image(str(tmp_path / "img.png"), np.zeros((20, 20, 3), np.uint8)),
+        "pan_seg_file_name": save_image(str(tmp_path / "pan.png"), rgb),
+        "segments_info": segments,
+    }
+    mapper = panoptic_mapper_of(
+        kind, [T.ResizeShortestEdge((size,), 1000, "choice")], num_classes=2
+    )
+    masks = mapper(record)["instances"].gt_masks.numpy()
+    # The original resizes the RGB PNG with PIL's NEAREST and then turns colours into ids.
+    resized = np.asarray(Image.fromarray(rgb).resize((size, size), Image.NEAREST)).astype(int)
+    expected_ids = resized[..., 0] + 256 * resized[..., 1] + 65536 * resized[..., 2]
+    assert np.array_equal(masks, expected_ids[None] == column_ids[:, None, None])
+    # torch's nearest rule on float ids picks other source columns at n_moved of the columns.
+    by_torch = torch.nn.functional.interpolate(
+        torch.as_tensor(ids, dtype=torch.float64)[None, None], (size, size), mode="nearest"
+    )[0, 0].numpy()
+    assert (by_torch[0] != expected_ids[0]).sum() == n_moved
 
 
 class _Fixed(T.Augmentation):
@@ -203,6 +246,15 @@ class _Fixed(T.Augmentation):
 
     def get_transform(self, image):
         return self.tfm
+
+
+def interior(mask: np.ndarray) -> np.ndarray:
+    """The pixels of an (H, W) bool mask whose four neighbours are in it too."""
+    inside = np.zeros_like(mask)
+    inside[1:-1, 1:-1] = (
+        mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    )
+    return inside
 
 
 def test_detr_mapper_crop_branch_and_test_mode(tmp_path):
@@ -224,11 +276,15 @@ def test_detr_mapper_crop_branch_and_test_mode(tmp_path):
         shapes.add(shape)
         inst = out["instances"]
         assert tuple(inst.gt_masks.shape[1:]) == shape
-        # The masks follow the image content: a mask's pixels have the colour of one region
-        # of its class (squares A and B share a class).
+        # The masks follow the image content: the pixels inside a mask have the colour of one
+        # region of its class (squares A and B share a class). Its border pixels are left out:
+        # the antialiased bilinear downscale of the image blends them with the neighbours.
         image = out["image"].permute(1, 2, 0).numpy().astype(int)
         for cls, mask in zip(inst.gt_classes.tolist(), inst.gt_masks):
-            pixels = image[mask.numpy()]
+            inside = interior(mask.numpy())
+            if not inside.any():
+                continue  # cropped away, or a sliver at the edge of the crop
+            pixels = image[inside]
             shares = [
                 (np.abs(pixels - COLORS[n]).max(axis=1) < 40).mean()
                 for n in ("left", "right", "a", "b")

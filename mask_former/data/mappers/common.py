@@ -3,8 +3,12 @@
 Reading, checking, padding and target building shared by the dataset mappers.
 
 Shape shorthand in this module: H, W image height and width; N number of target masks.
-Label maps are kept as float64 while they go through the transforms: detectron2 resizes
-non-uint8 arrays with torch (nearest), which keeps uint16 and large panoptic ids exact.
+
+The label maps go through the transforms in the types the original MaskFormer gives them,
+because detectron2 resizes them differently by dtype and the targets must hit the same pixels:
+semantic label maps as float64 (resized with torch's "nearest", which also keeps uint16 labels
+exact), the COCO panoptic PNG as its (H, W, 3) uint8 RGB (resized with PIL's NEAREST, which
+samples other source pixels than torch's rule); segment ids are computed after the transforms.
 """
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -19,7 +23,9 @@ from detectron2.utils.file_io import PathManager
 __all__ = [
     "read_image",
     "read_label_map",
+    "read_panoptic_rgb",
     "read_panoptic_ids",
+    "rgb_to_ids",
     "check_label_range",
     "check_segments",
     "image_to_tensor",
@@ -72,19 +78,43 @@ def read_label_map(
     return labels.astype(np.float64)
 
 
-def read_panoptic_ids(dataset_dict: Dict[str, Any], image_shape: Tuple[int, int]) -> np.ndarray:
+def read_panoptic_rgb(dataset_dict: Dict[str, Any], image_shape: Tuple[int, int]) -> np.ndarray:
     """
-    Read the COCO panoptic PNG ``dataset_dict["pan_seg_file_name"]`` as segment ids
-    (id = R + 256 G + 256^2 B).
+    Read the COCO panoptic PNG ``dataset_dict["pan_seg_file_name"]`` as RGB.
 
     Returns:
-        np.ndarray: (H, W) float64 segment ids, 0 = VOID.
+        np.ndarray: (H, W, 3) uint8; :func:`rgb_to_ids` turns it into segment ids.
     """
     path = dataset_dict["pan_seg_file_name"]
     _require_file(path, "Panoptic PNG", dataset_dict)
-    rgb = utils.read_image(path, "RGB").astype(np.int64)
+    rgb = utils.read_image(path, "RGB")
     _check_same_size(rgb, image_shape, path, dataset_dict)
-    return (rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]).astype(np.float64)
+    return rgb
+
+
+def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
+    """
+    COCO panoptic colours to segment ids: id = R + 256 G + 256^2 B (panopticapi's rgb2id).
+
+    Args:
+        rgb: (H, W, 3) uint8.
+
+    Returns:
+        np.ndarray: (H, W) int64 segment ids, 0 = VOID.
+    """
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def read_panoptic_ids(dataset_dict: Dict[str, Any], image_shape: Tuple[int, int]) -> np.ndarray:
+    """
+    The segment ids of the COCO panoptic PNG ``dataset_dict["pan_seg_file_name"]``, untransformed.
+    Mappers transform :func:`read_panoptic_rgb`'s colours instead, and take ids afterwards.
+
+    Returns:
+        np.ndarray: (H, W) int64 segment ids, 0 = VOID.
+    """
+    return rgb_to_ids(read_panoptic_rgb(dataset_dict, image_shape))
 
 
 def _check_same_size(labels: np.ndarray, image_shape, path: str, dataset_dict) -> None:
@@ -158,15 +188,10 @@ def pad_to_divisibility(tensor: torch.Tensor, size_divisibility: int, value: flo
     return F.pad(tensor, [0, pad_w, 0, pad_h], value=value).contiguous()
 
 
-def _instances(
-    image_shape: Tuple[int, int], classes: List[int], masks: List[torch.Tensor]
-) -> Instances:
+def _instances(image_shape: Tuple[int, int], classes: List[int], masks: torch.Tensor) -> Instances:
     instances = Instances(image_shape)
     instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
-    if masks:
-        instances.gt_masks = torch.stack(masks)
-    else:
-        instances.gt_masks = torch.zeros((0, *image_shape), dtype=torch.bool)
+    instances.gt_masks = masks
     return instances
 
 
@@ -178,28 +203,28 @@ def semantic_instances(sem_seg: torch.Tensor, ignore_label: int) -> Instances:
         Instances of image size (H, W) with ``gt_classes`` (N,) int64 (ascending) and
         ``gt_masks`` (N, H, W) bool.
     """
-    classes = [int(c) for c in torch.unique(sem_seg) if int(c) != ignore_label]
-    masks = [sem_seg == c for c in classes]
-    return _instances(tuple(sem_seg.shape), classes, masks)
+    classes = torch.unique(sem_seg)
+    classes = classes[classes != ignore_label]
+    masks = sem_seg[None] == classes[:, None, None]
+    return _instances(tuple(sem_seg.shape), classes.tolist(), masks)
 
 
 def panoptic_instances(pan_seg: torch.Tensor, segments_info: Sequence[Dict[str, Any]]) -> Instances:
     """
-    One target per non-crowd segment of ``pan_seg`` ((H, W) segment ids), in segments_info
-    order. Crowd segments are dropped, and so are segments that the augmentation cropped away
-    entirely (an empty target mask has nothing to match).
+    One target per non-crowd segment of ``segments_info``, in its order, as the original
+    MaskFormer does. A segment that the augmentation cropped away keeps its target with an
+    all-zero mask: it still counts in the matching and in the number of masks that normalises
+    the mask losses.
+
+    Args:
+        pan_seg: (H, W) segment ids.
+        segments_info: the record's segments (``id``, ``category_id``, ``iscrowd``).
 
     Returns:
         Instances of image size (H, W) with ``gt_classes`` (N,) int64 and ``gt_masks``
         (N, H, W) bool.
     """
-    classes, masks = [], []
-    for segment in segments_info:
-        if segment.get("iscrowd", 0):
-            continue
-        mask = pan_seg == segment["id"]
-        if not mask.any():
-            continue
-        classes.append(int(segment["category_id"]))
-        masks.append(mask)
-    return _instances(tuple(pan_seg.shape), classes, masks)
+    kept = [s for s in segments_info if not s.get("iscrowd", 0)]
+    ids = torch.tensor([s["id"] for s in kept], dtype=pan_seg.dtype)
+    masks = pan_seg[None] == ids[:, None, None]
+    return _instances(tuple(pan_seg.shape), [int(s["category_id"]) for s in kept], masks)

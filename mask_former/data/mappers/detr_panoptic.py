@@ -21,7 +21,8 @@ from .common import (
     image_to_tensor,
     panoptic_instances,
     read_image,
-    read_panoptic_ids,
+    read_panoptic_rgb,
+    rgb_to_ids,
 )
 
 __all__ = ["DETRPanopticDatasetMapper"]
@@ -37,8 +38,13 @@ class DETRPanopticDatasetMapper:
     INPUT.CROP.ENABLED), then the multi-scale resize of the shortest edge. No padding (the
     model pads the batch). Evaluation: resize only, and annotations are dropped.
 
-    Output dict keys: "image" (3, H, W) uint8 tensor; in training, "instances" with
-    ``gt_classes`` (N,) int64 and ``gt_masks`` (N, H, W) bool, one per non-crowd segment.
+    As in the original, the panoptic PNG goes through the transforms as RGB (resized with
+    PIL's nearest rule) and becomes segment ids afterwards.
+
+    Output dict: the record plus "image" (3, H, W) uint8 tensor. In training, also
+    "instances" with ``gt_classes`` (N,) int64 and ``gt_masks`` (N, H, W) bool, one per
+    non-crowd segment of ``segments_info`` in its order (all-zero for a segment that the crop
+    removed), and without ``pan_seg_file_name``; in evaluation, without "annotations".
     """
 
     @configurable
@@ -99,35 +105,40 @@ class DETRPanopticDatasetMapper:
         }
 
     def _pick_augmentations(self) -> T.AugmentationList:
-        if self.crop_augmentations is None or np.random.rand() >= 0.5:
+        # The original's draw: crop unless rand() > 0.5, and no draw without a crop.
+        if self.crop_augmentations is None or np.random.rand() > 0.5:
             return T.AugmentationList(self.augmentations)
         return T.AugmentationList(
             self.augmentations[:-1] + self.crop_augmentations + self.augmentations[-1:]
         )
 
+    def _read_panoptic(self, dataset_dict: Dict[str, Any], image: np.ndarray) -> np.ndarray:
+        """The checked (H, W, 3) uint8 panoptic PNG of a training record."""
+        name = dataset_dict.get("file_name")
+        for key in ("pan_seg_file_name", "segments_info"):
+            if key not in dataset_dict:
+                raise ValueError(f"Panoptic record of {name!r} has no {key!r}.")
+        pan_rgb = read_panoptic_rgb(dataset_dict, image.shape[:2])
+        check_segments(
+            rgb_to_ids(pan_rgb),
+            dataset_dict["segments_info"],
+            self.num_classes,
+            dataset_dict["pan_seg_file_name"],
+        )
+        return pan_rgb
+
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         dataset_dict = copy.deepcopy(dataset_dict)
         image = read_image(dataset_dict, self.image_format)
-        pan_ids = None
-        if self.is_train:
-            name = dataset_dict.get("file_name")
-            for key in ("pan_seg_file_name", "segments_info"):
-                if key not in dataset_dict:
-                    raise ValueError(f"Panoptic record of {name!r} has no {key!r}.")
-            pan_ids = read_panoptic_ids(dataset_dict, image.shape[:2])
-            check_segments(
-                pan_ids,
-                dataset_dict["segments_info"],
-                self.num_classes,
-                dataset_dict["pan_seg_file_name"],
-            )
+        pan_rgb = self._read_panoptic(dataset_dict, image) if self.is_train else None
         aug_input = T.AugInput(image)
         transforms = self._pick_augmentations()(aug_input)
         dataset_dict["image"] = image_to_tensor(aug_input.image)
         if not self.is_train:
             dataset_dict.pop("annotations", None)
             return dataset_dict
-        dataset_dict.pop("annotations", None)
-        pan_seg = torch.as_tensor(transforms.apply_segmentation(pan_ids).astype("long"))
-        dataset_dict["instances"] = panoptic_instances(pan_seg, dataset_dict.pop("segments_info"))
+        # Like the original, training keeps the record's other keys ("segments_info" too).
+        dataset_dict.pop("pan_seg_file_name")
+        pan_seg = torch.as_tensor(rgb_to_ids(transforms.apply_segmentation(pan_rgb)))
+        dataset_dict["instances"] = panoptic_instances(pan_seg, dataset_dict["segments_info"])
         return dataset_dict

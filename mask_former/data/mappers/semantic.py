@@ -80,8 +80,9 @@ class MaskFormerSemanticDatasetMapper:
     MaskFormer training input: augmented image, padded label map, and one binary target mask
     per class present. Train only; evaluation uses detectron2's ``DatasetMapper``.
 
-    Output dict keys: "image" (3, H, W) uint8 tensor; "sem_seg" (H, W) long tensor;
-    "instances": Instances with ``gt_classes`` (N,) int64 and ``gt_masks`` (N, H, W) bool.
+    Output dict: the record without ``sem_seg_file_name`` (as in the original), plus "image"
+    (3, H, W) uint8 tensor; "sem_seg" (H, W) long tensor; "instances": Instances with
+    ``gt_classes`` (N,) int64 and ``gt_masks`` (N, H, W) bool.
     """
 
     @configurable
@@ -143,9 +144,9 @@ class MaskFormerSemanticDatasetMapper:
             )
         image = read_image(dataset_dict, self.image_format)
         sem_seg = read_label_map(dataset_dict, "sem_seg_file_name", image.shape[:2])
-        check_label_range(
-            sem_seg, self.num_classes, self.ignore_label, dataset_dict["sem_seg_file_name"]
-        )
+        # The original pops the label file from the record it returns.
+        label_path = dataset_dict.pop("sem_seg_file_name")
+        check_label_range(sem_seg, self.num_classes, self.ignore_label, label_path)
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         self.augmentations(aug_input)
 
