@@ -200,12 +200,39 @@ class MaskFormer(nn.Module):
         """
         if self.training and any("instances" not in x for x in batched_inputs):
             raise ValueError("MaskFormer in training mode needs 'instances' in every input dict")
+        if not self.training:
+            return self.run_inference(batched_inputs)
         images = self.preprocess_image(batched_inputs)
-        if self.training:
-            outputs = self.sem_seg_head(self.backbone(images.tensor))
-            targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
-            return self.weighted_losses(self.criterion(outputs, targets))
-        return self.inference(self.predict(images.tensor), batched_inputs, images)
+        outputs = self.sem_seg_head(self.backbone(images.tensor))
+        targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
+        return self.weighted_losses(self.criterion(outputs, targets))
+
+    def run_inference(self, batched_inputs: List[Dict]) -> List[Dict]:
+        """
+        Inference results in input order. Images are run in groups of the same padded size
+        (each image's own size rounded up to ``size_divisibility``), so that no image is padded
+        more than it would be alone: padding changes the features near the border and what the
+        queries attend to, and an image's result must not depend on the batch it came in.
+        """
+        groups: Dict[Tuple[int, int], List[int]] = {}
+        for i, x in enumerate(batched_inputs):
+            groups.setdefault(self._padded_size(x["image"].shape[-2:]), []).append(i)
+        results: List[Dict] = [{} for _ in batched_inputs]
+        for indices in groups.values():
+            group = [batched_inputs[i] for i in indices]
+            images = self.preprocess_image(group)
+            for i, result in zip(
+                indices, self.inference(self.predict(images.tensor), group, images)
+            ):
+                results[i] = result
+        return results
+
+    def _padded_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
+        """The padded size of an image of ``size`` (h, w) alone, as ImageList.from_tensors pads."""
+        stride = self.size_divisibility
+        if stride <= 1:
+            return tuple(size)
+        return tuple((s + stride - 1) // stride * stride for s in size)
 
     def predict(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         """

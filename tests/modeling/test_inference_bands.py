@@ -183,3 +183,26 @@ def test_model_outputs_equal_whole_tensor_inference(small_bands):
         assert torch.equal(g["instances"].pred_masks, e["instances"].pred_masks)
         torch.testing.assert_close(g["instances"].scores, e["instances"].scores)
     assert any(g["panoptic_seg"][1] for g in got) and any(len(g["instances"]) for g in got)
+
+
+def test_batched_results_equal_single_image_results():
+    cfg = tiny_swin_cfg(
+        **{
+            "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True,
+            "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": 0.2,
+        }
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    model.thing_ids = {0, 2}
+    images = random_images([(50, 70), (96, 40), (33, 64)], seed=3)  # padded: 64x96, 96x64, 64x64
+    batch = [{"image": im} for im in images]
+    with torch.no_grad():
+        together = model(batch)
+        alone = [model([x])[0] for x in batch]
+    assert any(r["panoptic_seg"][1] for r in alone)
+    for t, a in zip(together, alone):
+        assert torch.equal(t["sem_seg"].argmax(0), a["sem_seg"].argmax(0))
+        torch.testing.assert_close(t["sem_seg"], a["sem_seg"], rtol=0, atol=1e-5)
+        assert torch.equal(t["panoptic_seg"][0], a["panoptic_seg"][0])
+        assert t["panoptic_seg"][1] == a["panoptic_seg"][1]
