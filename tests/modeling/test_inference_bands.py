@@ -139,14 +139,13 @@ def test_inference_precision_by_device_and_capability(monkeypatch, caplog):
 
 def _whole_tensor_results(model, batch):
     """Inference the way it ran before banding: full-size upsampling, crop, resize, per image."""
-    images = model.preprocess_image(batch)
-    outputs = model.sem_seg_head(model.backbone(images.tensor))
-    up = F.interpolate(
-        outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
-    )
     results = []
-    for cls, masks, x, size in zip(outputs["pred_logits"], up, batch, images.image_sizes):
-        masks = sem_seg_postprocess(masks, size, x["height"], x["width"])
+    for x in batch:
+        images = model.preprocess_image([x])
+        outputs = model.sem_seg_head(model.backbone(images.tensor))
+        up = F.interpolate(outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear")
+        cls, masks = outputs["pred_logits"][0], up[0]
+        masks = sem_seg_postprocess(masks, images.image_sizes[0], x["height"], x["width"])
         results.append(
             {
                 "sem_seg": semantic_inference(cls, masks),
