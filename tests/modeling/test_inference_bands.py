@@ -143,7 +143,12 @@ def _whole_tensor_results(model, batch):
     for x in batch:
         images = model.preprocess_image([x])
         outputs = model.sem_seg_head(model.backbone(images.tensor))
-        up = F.interpolate(outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear")
+        up = F.interpolate(
+            outputs["pred_masks"],
+            size=images.tensor.shape[-2:],
+            mode="bilinear",
+            align_corners=False,
+        )
         cls, masks = outputs["pred_logits"][0], up[0]
         masks = sem_seg_postprocess(masks, images.image_sizes[0], x["height"], x["width"])
         results.append(
