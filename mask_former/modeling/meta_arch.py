@@ -22,6 +22,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_se
 from detectron2.modeling.backbone import Backbone
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, ImageList
+from detectron2.utils.events import get_event_storage
 from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
 
@@ -35,7 +36,7 @@ from .inference import (
 from .matcher import HungarianMatcher
 from .precision import check_inference_precision, inference_autocast_dtype
 
-__all__ = ["MaskFormer", "loss_weights", "thing_ids_from_metadata"]
+__all__ = ["MaskFormer", "check_finite_losses", "loss_weights", "thing_ids_from_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,28 @@ def loss_weights(
     for i in range(num_aux_layers):
         weights.update({f"{k}_{i}": v for k, v in base.items()})
     return weights
+
+
+def check_finite_losses(losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """
+    ``losses`` if every one is finite; else a FloatingPointError naming the non-finite losses
+    and the training iteration (of detectron2's event storage, where one is open). Raised in
+    the forward pass, before backward: no gradient or weight is touched by a NaN/inf loss, and
+    no checkpoint is written from it. One host synchronisation for all losses.
+    """
+    if not losses or bool(torch.stack([v.detach() for v in losses.values()]).isfinite().all()):
+        return losses
+    bad = {k: v.item() for k, v in losses.items() if not torch.isfinite(v)}
+    try:
+        where = f"at iteration {get_event_storage().iter}"
+    except AssertionError:  # no event storage: not inside a trainer
+        where = "outside a training loop"
+    raise FloatingPointError(
+        f"MaskFormer: non-finite loss {where}: "
+        + ", ".join(f"{k} = {v}" for k, v in sorted(bad.items()))
+        + ". Training stopped before the backward pass; the weights are those of the last "
+        "finite step (lower SOLVER.BASE_LR, enable SOLVER.CLIP_GRADIENTS, check the data)."
+    )
 
 
 def thing_ids_from_metadata(dataset_name: str) -> Set[int]:
@@ -205,7 +228,7 @@ class MaskFormer(nn.Module):
         images = self.preprocess_image(batched_inputs)
         outputs = self.sem_seg_head(self.backbone(images.tensor))
         targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
-        return self.weighted_losses(self.criterion(outputs, targets))
+        return check_finite_losses(self.weighted_losses(self.criterion(outputs, targets)))
 
     def run_inference(self, batched_inputs: List[Dict]) -> List[Dict]:
         """

@@ -14,7 +14,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
-from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer
 
 import train_net
 from mask_former.data import MaskFormerPanopticDatasetMapper
@@ -338,3 +338,47 @@ def test_amp_without_a_mixed_precision_for_the_device_is_a_clear_error(tmp_path)
     assert _step_trainer_class(cfg) is AMPTrainer
     cfg.merge_from_list(["SOLVER.AMP.ENABLED", False])
     assert _step_trainer_class(cfg) is SimpleTrainer
+
+
+class _PoisonAtIteration(HookBase):
+    """Before iteration ``at``: snapshot the weights, then make the input normalisation divide
+    by zero (a buffer, not a weight), so that the losses of that iteration are non-finite."""
+
+    def __init__(self, at: int):
+        self.at, self.snapshot = at, None
+
+    def before_step(self):
+        if self.trainer.iter == self.at:
+            model = self.trainer.model
+            self.snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+            model.pixel_std.zero_()
+
+
+def test_non_finite_loss_stops_before_weights_or_checkpoints_change(datasets_root, tmp_path):
+    out = tmp_path / "nan"
+    cfg = _tiny_cfg(str(out), **{"SOLVER.MAX_ITER": 4, "SOLVER.CHECKPOINT_PERIOD": 1})
+    trainer = Trainer(cfg)
+    poison = _PoisonAtIteration(2)
+    trainer.register_hooks([poison])
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at iteration 2: loss_ce"):
+        trainer.train()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in poison.snapshot.items())
+    # Checkpoints of the finite iterations 0 and 1 only; none from the failed one.
+    assert sorted(p.name for p in out.glob("model_*.pth")) == [
+        "model_0000000.pth",
+        "model_0000001.pth",
+    ]
+
+
+def test_check_finite_losses_names_each_bad_loss():
+    from mask_former.modeling.meta_arch import check_finite_losses
+
+    ok = {"loss_ce": torch.tensor(1.0), "loss_mask": torch.tensor(0.5)}
+    assert check_finite_losses(ok) is ok
+    bad = {"loss_ce": torch.tensor(1.0), "loss_dice": torch.tensor(float("inf"))}
+    bad["loss_mask"] = torch.tensor(float("nan"))
+    with pytest.raises(
+        FloatingPointError, match=r"outside a training loop: loss_dice = inf, loss_mask = nan"
+    ):
+        check_finite_losses(bad)
