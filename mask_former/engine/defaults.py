@@ -70,7 +70,10 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
         with PathManager.open(path, "w") as f:
             f.write(cfg.dump())
         logger.info("Full config saved to %s", path)
-    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    seed = None if cfg.SEED < 0 else cfg.SEED + rank
+    seed_all_rng(seed)  # draws (and logs) a seed of its own when SEED < 0
+    if seed is not None:
+        logger.info("Seeded the random number generators with %d (SEED %d + rank)", seed, cfg.SEED)
     if not getattr(args, "eval_only", False):
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
     if cfg.MODEL.DEVICE == "cpu" and cfg.DATALOADER.NUM_WORKERS > 0:
