@@ -11,5 +11,22 @@ d2_compat.install()  # before anything imports detectron2
 from . import data, modeling  # noqa: F401,E402
 from .config import add_mask_former_config, get_mask_former_cfg  # noqa: E402
 
-__all__ = ["add_mask_former_config", "get_mask_former_cfg"]
+# The public names of the original MaskFormer package.
+from .data import (  # noqa: E402
+    DETRPanopticDatasetMapper,
+    MaskFormerPanopticDatasetMapper,
+    MaskFormerSemanticDatasetMapper,
+)
+from .engine import SemanticSegmentorWithTTA  # noqa: E402
+from .modeling import MaskFormer  # noqa: E402
+
+__all__ = [
+    "add_mask_former_config",
+    "get_mask_former_cfg",
+    "MaskFormer",
+    "SemanticSegmentorWithTTA",
+    "MaskFormerSemanticDatasetMapper",
+    "MaskFormerPanopticDatasetMapper",
+    "DETRPanopticDatasetMapper",
+]
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.utils.registry import Registry
 from torch import nn
 
@@ -41,14 +42,33 @@ transformer_encoder_features (B, CONVS_DIM, H/32, W/32) or None)`.
 
 
 def build_pixel_decoder(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
-    """Build the pixel decoder named by ``cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME``."""
+    """
+    Build the pixel decoder named by ``cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME``: from
+    ``PIXEL_DECODER_REGISTRY`` or, for decoders registered the original MaskFormer's way, from
+    detectron2's ``SEM_SEG_HEADS_REGISTRY``, called as ``(cfg, input_shape)``; the result must
+    then have ``forward_features``.
+    """
     name = cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME
-    if name not in PIXEL_DECODER_REGISTRY:
+    if name in PIXEL_DECODER_REGISTRY:
+        return PIXEL_DECODER_REGISTRY.get(name)(cfg, input_shape)
+    if name not in SEM_SEG_HEADS_REGISTRY:
         raise KeyError(
-            f"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = {name!r} is not a registered pixel "
-            f"decoder; available: {sorted(k for k, _ in PIXEL_DECODER_REGISTRY)}"
+            f"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = {name!r} is registered neither in "
+            f"PIXEL_DECODER_REGISTRY ({sorted(k for k, _ in PIXEL_DECODER_REGISTRY)}) nor in "
+            "SEM_SEG_HEADS_REGISTRY"
         )
-    return PIXEL_DECODER_REGISTRY.get(name)(cfg, input_shape)
+    builder = SEM_SEG_HEADS_REGISTRY.get(name)
+    not_a_decoder = TypeError(
+        f"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = {name!r}: {name} from SEM_SEG_HEADS_REGISTRY "
+        "is not a pixel decoder, as it has no forward_features(features)"
+    )
+    # A head class is rejected before it is built: a MaskFormer head would build itself again.
+    if isinstance(builder, type) and not hasattr(builder, "forward_features"):
+        raise not_a_decoder
+    decoder = builder(cfg, input_shape)
+    if not callable(getattr(decoder, "forward_features", None)):
+        raise not_a_decoder
+    return decoder
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, norm: str, relu: bool) -> Conv2d:
