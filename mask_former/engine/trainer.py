@@ -6,7 +6,7 @@ import os
 import time
 import weakref
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Collection, Dict, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -152,9 +152,14 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(
-        cls, cfg: CfgNode, dataset_name: str, output_folder: str = None
+        cls,
+        cfg: CfgNode,
+        dataset_name: str,
+        output_folder: str = None,
+        tasks: Optional[Collection[str]] = None,
     ) -> DatasetEvaluator:
-        return build_evaluator(cfg, dataset_name, output_folder)
+        """:func:`mask_former.engine.build_evaluator`; ``tasks``: evaluate only these outputs."""
+        return build_evaluator(cfg, dataset_name, output_folder, tasks=tasks)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
@@ -179,13 +184,9 @@ class Trainer(DefaultTrainer):
         """
         logger.info("running inference with test-time augmentation ...")
         model = SemanticSegmentorWithTTA(cfg, model)
-        semantic_cfg = cfg.clone()  # the TTA model returns only "sem_seg"
-        semantic_cfg.defrost()
-        semantic_cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
-        semantic_cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
-        evaluators = [
-            cls.build_evaluator(semantic_cfg, name, output_folder=output_folder)
+        evaluators = [  # the TTA model returns only "sem_seg"
+            cls.build_evaluator(cfg, name, output_folder=output_folder, tasks=("sem_seg",))
             for name in cfg.DATASETS.TEST
         ]
         results = cls.test(cfg, model, evaluators)

@@ -7,11 +7,12 @@ import uuid
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
+from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
 from detectron2.modeling import DatasetMapperTTA
 
 from mask_former.engine import (
     SemanticSegmentorWithTTA,
+    Trainer,
     build_evaluator,
     get_mask_former_cfg,
     runs_on_cpu,
@@ -19,7 +20,7 @@ from mask_former.engine import (
 )
 
 
-def _register(evaluator_type, records):
+def _register(evaluator_type, records, **metadata):
     name = f"engine_test_{evaluator_type}_{uuid.uuid4().hex[:8]}"
     DatasetCatalog.register(name, lambda: records)
     MetadataCatalog.get(name).set(
@@ -28,6 +29,7 @@ def _register(evaluator_type, records):
         ignore_label=255,
         thing_dataset_id_to_contiguous_id={1: 0},
         stuff_dataset_id_to_contiguous_id={2: 1},
+        **metadata,
     )
     return name
 
@@ -40,34 +42,135 @@ def _cfg(panoptic_on=False, semantic_on=True, output_dir="."):
     return cfg
 
 
-def test_semantic_dataset_gets_semseg_evaluator(tmp_path):
-    name = _register("sem_seg", [{"file_name": "a.jpg", "sem_seg_file_name": "a.png"}])
+def _semantic_records(tmp_path, exists=True):
+    """One record whose semantic ground-truth file exists (or not)."""
+    sem_file = tmp_path / ("a.png" if exists else "missing.png")
+    if exists:
+        sem_file.write_bytes(b"")
+    return [{"file_name": "a.jpg", "sem_seg_file_name": str(sem_file)}]
+
+
+def _panoptic_files(tmp_path):
+    """Metadata naming an existing panoptic json and PNG folder."""
+    (tmp_path / "panoptic").mkdir(exist_ok=True)
+    (tmp_path / "panoptic.json").write_text("{}")
+    return {
+        "panoptic_json": str(tmp_path / "panoptic.json"),
+        "panoptic_root": str(tmp_path / "panoptic"),
+    }
+
+
+def _kinds(evaluator):
+    if isinstance(evaluator, DatasetEvaluators):
+        return [type(e).__name__ for e in evaluator._evaluators]
+    return [type(evaluator).__name__]
+
+
+@pytest.mark.parametrize("evaluator_type", ["sem_seg", "ade20k_sem_seg"])
+def test_semantic_dataset_gets_semseg_evaluator(tmp_path, evaluator_type):
+    name = _register(evaluator_type, _semantic_records(tmp_path))
     evaluator = build_evaluator(_cfg(output_dir=str(tmp_path)), name)
     assert isinstance(evaluator, SemSegEvaluator)
     assert evaluator._output_dir == str(tmp_path / "inference")
 
 
-def test_panoptic_dataset_with_semantic_files_gets_pq_and_miou(tmp_path):
-    sem_file = tmp_path / "a.png"
-    sem_file.write_bytes(b"")
-    records = [{"file_name": "a.jpg", "sem_seg_file_name": str(sem_file)}]
-    name = _register("coco_panoptic_seg", records)
+def test_ade20k_panoptic_gets_miou_and_pq(tmp_path):
+    name = _register(
+        "ade20k_panoptic_seg", _semantic_records(tmp_path), **_panoptic_files(tmp_path)
+    )
     evaluator = build_evaluator(_cfg(panoptic_on=True), name, str(tmp_path))
-    assert isinstance(evaluator, DatasetEvaluators)
-    kinds = sorted(type(e).__name__ for e in evaluator._evaluators)
-    assert kinds == sorted([COCOPanopticEvaluator.__name__, SemSegEvaluator.__name__])
-    # Without panoptic inference only mIoU remains.
-    semantic_only = build_evaluator(_cfg(panoptic_on=False), name, str(tmp_path))
-    assert isinstance(semantic_only, SemSegEvaluator)
+    assert _kinds(evaluator) == ["SemSegEvaluator", "COCOPanopticEvaluator"]
 
 
-def test_panoptic_dataset_without_semantic_files_gets_pq_only(tmp_path):
-    records = [{"file_name": "a.jpg", "sem_seg_file_name": str(tmp_path / "missing.png")}]
-    name = _register("ade20k_panoptic_seg", records)
+def test_coco_panoptic_gets_miou_only_where_the_dataset_has_semantic_ground_truth(tmp_path):
+    panoptic = _panoptic_files(tmp_path)
+    with_semantic = _register("coco_panoptic_seg", _semantic_records(tmp_path), **panoptic)
+    evaluator = build_evaluator(_cfg(panoptic_on=True), with_semantic, str(tmp_path))
+    assert _kinds(evaluator) == ["COCOPanopticEvaluator", "SemSegEvaluator"]
+    # detectron2's "standard" COCO panoptic records name no semantic file: PQ only.
+    panoptic_only = _register("coco_panoptic_seg", [{"file_name": "a.jpg"}], **panoptic)
+    evaluator = build_evaluator(_cfg(panoptic_on=True), panoptic_only, str(tmp_path))
+    assert _kinds(evaluator) == ["COCOPanopticEvaluator"]
+
+
+def test_cityscapes_panoptic_gets_pq_and_cityscapes_miou(tmp_path):
+    gt_dir = tmp_path / "gtFine"
+    gt_dir.mkdir()
+    name = _register("cityscapes_panoptic_seg", [], gt_dir=str(gt_dir), **_panoptic_files(tmp_path))
     evaluator = build_evaluator(_cfg(panoptic_on=True), name, str(tmp_path))
-    assert isinstance(evaluator, COCOPanopticEvaluator)
-    with pytest.raises(NotImplementedError, match="nothing to evaluate"):
-        build_evaluator(_cfg(panoptic_on=False), name, str(tmp_path))
+    assert _kinds(evaluator) == ["COCOPanopticEvaluator", "CityscapesSemSegEvaluator"]
+
+
+@pytest.mark.parametrize("evaluator_type", ["ade20k_panoptic_seg", "coco_panoptic_seg"])
+def test_missing_semantic_file_is_an_error_naming_dataset_evaluator_and_file(
+    tmp_path, evaluator_type
+):
+    records = _semantic_records(tmp_path, exists=False)
+    name = _register(evaluator_type, records, **_panoptic_files(tmp_path))
+    with pytest.raises(FileNotFoundError) as error:
+        build_evaluator(_cfg(panoptic_on=True), name, str(tmp_path))
+    for part in (name, "SemSegEvaluator", "sem_seg_file_name", "missing.png"):
+        assert part in str(error.value)
+
+
+def test_missing_panoptic_json_is_an_error_naming_dataset_evaluator_and_key(tmp_path):
+    files = dict(_panoptic_files(tmp_path), panoptic_json=str(tmp_path / "no.json"))
+    name = _register("ade20k_panoptic_seg", _semantic_records(tmp_path), **files)
+    with pytest.raises(FileNotFoundError) as error:
+        build_evaluator(_cfg(panoptic_on=True), name, str(tmp_path))
+    for part in (name, "COCOPanopticEvaluator", "panoptic_json", "no.json"):
+        assert part in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "evaluator_type, flags, evaluator, flag",
+    [
+        ("ade20k_panoptic_seg", (False, True), "COCOPanopticEvaluator", "PANOPTIC_ON"),
+        ("ade20k_panoptic_seg", (True, False), "SemSegEvaluator", "SEMANTIC_ON"),
+        ("coco_panoptic_seg", (False, True), "COCOPanopticEvaluator", "PANOPTIC_ON"),
+        ("coco_panoptic_seg", (True, False), "SemSegEvaluator", "SEMANTIC_ON"),
+        ("cityscapes_panoptic_seg", (True, False), "CityscapesSemSegEvaluator", "SEMANTIC_ON"),
+        ("sem_seg", (False, False), "SemSegEvaluator", "SEMANTIC_ON"),
+    ],
+)
+def test_disabled_model_output_is_an_error_naming_dataset_evaluator_and_flag(
+    tmp_path, evaluator_type, flags, evaluator, flag
+):
+    gt_dir = tmp_path / "gtFine"
+    gt_dir.mkdir()
+    metadata = dict(_panoptic_files(tmp_path), gt_dir=str(gt_dir))
+    name = _register(evaluator_type, _semantic_records(tmp_path), **metadata)
+    panoptic_on, semantic_on = flags
+    # Not NotImplementedError: DefaultTrainer.test would turn it into "No evaluator found".
+    with pytest.raises(ValueError) as error:
+        build_evaluator(_cfg(panoptic_on, semantic_on), name, str(tmp_path))
+    for part in (name, evaluator, f"MODEL.MASK_FORMER.TEST.{flag}"):
+        assert part in str(error.value)
+
+
+def test_trainer_test_fails_instead_of_skipping_the_dataset(tmp_path):
+    # A panoptic dataset whose semantic files are missing, evaluated without panoptic outputs:
+    # every metric would be lost, so Trainer.test must not go on with "No evaluator found".
+    records = _semantic_records(tmp_path, exists=False)
+    name = _register("ade20k_panoptic_seg", records, **_panoptic_files(tmp_path))
+    cfg = _cfg(panoptic_on=False, output_dir=str(tmp_path))
+    cfg.DATASETS.TEST, cfg.DATALOADER.NUM_WORKERS = (name,), 0
+    with pytest.raises(ValueError, match="PANOPTIC_ON"):
+        Trainer.test(cfg, torch.nn.Identity())
+
+
+def test_semantic_tasks_select_the_semantic_evaluators(tmp_path):
+    # What test-time augmentation uses: its model gives only "sem_seg".
+    name = _register(
+        "ade20k_panoptic_seg", _semantic_records(tmp_path), **_panoptic_files(tmp_path)
+    )
+    evaluator = build_evaluator(_cfg(panoptic_on=True), name, str(tmp_path), tasks=("sem_seg",))
+    assert _kinds(evaluator) == ["SemSegEvaluator"]
+    panoptic_only = _register(
+        "coco_panoptic_seg", [{"file_name": "a.jpg"}], **_panoptic_files(tmp_path)
+    )
+    with pytest.raises(ValueError, match=panoptic_only):
+        build_evaluator(_cfg(panoptic_on=True), panoptic_only, str(tmp_path), tasks=("sem_seg",))
 
 
 def test_unknown_evaluator_type_names_the_dataset():
