@@ -1,20 +1,34 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """
-Checkpoint key-layout upgrades.
+Checkpoint upgrades: model key layouts, and training states saved with other optimizer groups.
 
 The official MaskFormer model-zoo files store the pixel-decoder weights directly under the head
 (``sem_seg_head.layer_4.weight``); the current layout nests them under ``pixel_decoder.``
 (``sem_seg_head.pixel_decoder.layer_4.weight``). :class:`PixelDecoderLayoutUpgrade` gives a head
 the one upgrade rule, applied while ``load_state_dict`` (and so ``DetectionCheckpointer``) loads
 a file. The rule is idempotent: keys already in the current layout are left alone.
+
+The original MaskFormer's optimizer had one parameter group per parameter; this project's
+merges them into few groups. :class:`TrainingCheckpointer` resumes training from either.
 """
 
 import logging
-from typing import Dict, List
+from typing import Any, Dict, Iterable, List, Optional
 
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-__all__ = ["upgrade_pixel_decoder_keys", "PixelDecoderLayoutUpgrade"]
+__all__ = [
+    "upgrade_pixel_decoder_keys",
+    "PixelDecoderLayoutUpgrade",
+    "TrainingCheckpointer",
+    "nest_legacy_training_state",
+    "saved_parameter_order",
+    "regroup_optimizer_state",
+    "fit_scheduler_state",
+    "follow_scheduler",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,3 +91,207 @@ class PixelDecoderLayoutUpgrade(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+
+# Resuming training ---------------------------------------------------------------------------
+
+# The detectron2 hook whose state is the LR scheduler's.
+_SCHEDULER_HOOK = "LRScheduler"
+
+
+def nest_legacy_training_state(checkpoint: Dict) -> None:
+    """
+    Move, in place, the training state of a detectron2 <= 0.5 checkpoint (top-level
+    "optimizer", "scheduler" and "iteration") to the layout of later versions:
+    ``{"trainer": {"iteration", "hooks": {"LRScheduler": ...}, "_trainer": {"optimizer": ...}}}``.
+    Other checkpoints are left alone.
+    """
+    if "trainer" in checkpoint or not {"optimizer", "scheduler"} & checkpoint.keys():
+        return
+    iteration = checkpoint.get("iteration", -1)
+    trainer = {"iteration": iteration}
+    if "scheduler" in checkpoint:
+        trainer["hooks"] = {_SCHEDULER_HOOK: checkpoint.pop("scheduler")}
+    if "optimizer" in checkpoint:
+        trainer["_trainer"] = {"iteration": iteration, "optimizer": checkpoint.pop("optimizer")}
+    checkpoint["trainer"] = trainer
+
+
+def saved_parameter_order(state_dict_keys: Iterable[str], model: nn.Module) -> List[str]:
+    """
+    Names of ``model``'s trainable parameters in the order of an optimizer with one group per
+    parameter, as the original MaskFormer built it: modules in ``named_modules()`` order, the
+    trainable parameters of each, each parameter once. A saved model state dict lists its
+    entries in the same module order, so its keys (``state_dict_keys``) give that order for the
+    model that was saved, even if this one declares its modules in another order.
+    """
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    names, seen = [], set()
+    for key in state_dict_keys:
+        key = key[len("module.") :] if key.startswith("module.") else key
+        param = trainable.get(key)
+        if param is not None and param not in seen:
+            seen.add(param)
+            names.append(key)
+    return names
+
+
+def regroup_optimizer_state(
+    saved: Dict, optimizer: torch.optim.Optimizer, model: nn.Module, param_names: List[str]
+) -> Dict:
+    """
+    Re-key an optimizer state dict saved with other parameter groups onto ``optimizer``'s.
+
+    Args:
+        saved: the saved state dict: "state" keyed by parameter index and "param_groups"
+            whose "params" list those indices.
+        optimizer: the optimizer to load into; its groups' hyper-parameters are kept.
+        model: the model whose parameters ``optimizer`` holds.
+        param_names: the names (as in ``model.named_parameters()``) of the saved parameters,
+            in the order of the saved groups' "params".
+    Returns:
+        a state dict for ``optimizer.load_state_dict``.
+    Raises:
+        ValueError: the saved state cannot be mapped safely (other parameters or shapes).
+    """
+    named = dict(model.named_parameters())
+    saved_ids = [i for group in saved["param_groups"] for i in group["params"]]
+    if len(saved_ids) != len(param_names):
+        raise ValueError(
+            f"it holds {len(saved_ids)} parameters, the model {len(param_names)} trainable ones "
+            "named in the same file"
+        )
+    # optimizer.state_dict() numbers the parameters in the order of its groups.
+    index = {p: i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    if set(index) != {named[name] for name in param_names}:
+        raise ValueError("its parameters are not those of this optimizer")
+    state = {}
+    for saved_id, name in zip(saved_ids, param_names):
+        entry = saved["state"].get(saved_id)
+        if entry is None:
+            continue  # a parameter without state yet
+        shape = named[name].shape
+        for key, value in entry.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != shape:
+                raise ValueError(
+                    f"its {key!r} of parameter {saved_id} has shape {tuple(value.shape)}, "
+                    f"but that parameter is {name} of shape {tuple(shape)}"
+                )
+        state[index[named[name]]] = entry
+    return {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}
+
+
+def fit_scheduler_state(saved: Dict, scheduler: Any) -> bool:
+    """
+    If ``saved`` (an LR scheduler state dict) has one base LR per group of another optimizer
+    grouping, replace, in place, its per-group lists by ``scheduler``'s; the iteration stays.
+    Returns whether it did.
+    """
+    base_lrs = saved.get("base_lrs")
+    if base_lrs is None or len(base_lrs) == len(scheduler.base_lrs):
+        return False
+    saved["base_lrs"] = list(scheduler.base_lrs)
+    saved.pop("_last_lr", None)
+    return True
+
+
+def follow_scheduler(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """
+    Set the learning rate of every group of ``optimizer`` to ``scheduler``'s at its current
+    iteration (detectron2's schedulers compute it from ``base_lrs`` and ``last_epoch`` alone).
+    """
+    if not isinstance(scheduler, torch.optim.lr_scheduler._LRScheduler):
+        return
+    for group, lr in zip(optimizer.param_groups, scheduler.get_lr()):
+        group["lr"] = lr
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+class TrainingCheckpointer(DetectionCheckpointer):
+    """
+    The checkpointer of :class:`mask_former.engine.Trainer` (checkpointable "trainer"), which
+    also resumes output directories of the original MaskFormer. Its optimizer had one parameter
+    group per parameter, where this project's merges them into few groups. On resume:
+
+    * a detectron2 <= 0.5 layout is read too (see :func:`nest_legacy_training_state`);
+    * a saved optimizer state of one group per parameter is re-keyed onto the trainer's groups
+      (:func:`regroup_optimizer_state`); if that cannot be done safely, or the file holds no
+      optimizer state (detectron2 0.6 saved none), the optimizer starts fresh, with a warning;
+    * a scheduler state with one base LR per parameter gets the trainer's base LRs
+      (:func:`fit_scheduler_state`) and keeps its iteration;
+    * unless the optimizer state was loaded as saved, the learning rates then follow the
+      scheduler (:func:`follow_scheduler`): hyper-parameters come from the config.
+    """
+
+    # Model state-dict keys of the file being loaded, in their saved order.
+    _file_keys: List[str] = []
+
+    def _load_file(self, filename: str) -> Dict:
+        checkpoint = super()._load_file(filename)
+        weights = checkpoint.get("model")
+        # The file's parameter order, read before the weights are loaded (and popped).
+        self._file_keys = list(weights) if isinstance(weights, dict) else []
+        return checkpoint
+
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict:
+        wanted = list(self.checkpointables if checkpointables is None else checkpointables)
+        self._file_keys = []
+        checkpoint = super().load(path, checkpointables=[])  # the model only
+        if "trainer" in wanted:
+            nest_legacy_training_state(checkpoint)
+        for key in wanted:
+            if key not in checkpoint:
+                continue
+            self.logger.info("Loading %s from %s ...", key, path)
+            if key == "trainer":
+                self._load_trainer(checkpoint.pop(key), path)
+            else:
+                self.checkpointables[key].load_state_dict(checkpoint.pop(key))
+        return checkpoint
+
+    def _load_trainer(self, state: Dict, path: str) -> None:
+        trainer = self.checkpointables["trainer"]
+        as_saved = self._fit_optimizer_state(state, trainer.optimizer, path)
+        scheduler_state = state.get("hooks", {}).get(_SCHEDULER_HOOK)
+        if scheduler_state is not None and fit_scheduler_state(scheduler_state, trainer.scheduler):
+            logger.info(
+                "%s: LR scheduler of another parameter grouping; base LRs from config", path
+            )
+        trainer.load_state_dict(state)
+        if not as_saved:
+            follow_scheduler(trainer.optimizer, trainer.scheduler)
+
+    def _fit_optimizer_state(
+        self, state: Dict, optimizer: torch.optim.Optimizer, path: str
+    ) -> bool:
+        """Make the saved optimizer state loadable; returns whether it is loaded as saved."""
+        inner = state.get("_trainer", {})
+        saved = inner.get("optimizer")
+        if saved is None:
+            logger.warning("%s holds no optimizer state: the optimizer starts fresh", path)
+            return False
+        groups = saved["param_groups"]
+        if [len(g["params"]) for g in groups] == [len(g["params"]) for g in optimizer.param_groups]:
+            return True
+        try:
+            if any(len(g["params"]) != 1 for g in groups):
+                raise ValueError(
+                    f"its {len(groups)} groups are neither this optimizer's groups "
+                    "nor one group per parameter"
+                )
+            names = saved_parameter_order(self._file_keys, self.model)
+            inner["optimizer"] = regroup_optimizer_state(saved, optimizer, self.model, names)
+        except ValueError as e:
+            logger.warning(
+                "%s: the optimizer starts fresh, as its saved state does not fit: %s", path, e
+            )
+            del inner["optimizer"]
+            return False
+        logger.info(
+            "%s: optimizer state of one group per parameter (%d groups) mapped onto the %d "
+            "groups of this optimizer; hyper-parameters from the config",
+            path,
+            len(groups),
+            len(optimizer.param_groups),
+        )
+        return False

@@ -9,7 +9,6 @@ from collections import OrderedDict
 from typing import Collection, Dict, Optional
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
@@ -20,6 +19,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
+from ..checkpoint import TrainingCheckpointer
 from ..utils import cpu as cpu_utils
 from .evaluation import build_evaluator
 from .optimizer import build_optimizer
@@ -112,7 +112,9 @@ class Trainer(DefaultTrainer):
     INPUT.DATASET_MAPPER_NAME, the optimizer is :func:`mask_former.engine.build_optimizer`, the LR
     scheduler comes from DeepLab (WarmupPolyLR), evaluators follow the dataset's
     ``evaluator_type``, and test-time augmentation is semantic multi-scale + flip. Training also
-    runs on the CPU, in one or several (gloo) processes.
+    runs on the CPU, in one or several (gloo) processes. Checkpoints hold the optimizer state too,
+    and ``resume_or_load`` also resumes output directories of the original MaskFormer (see
+    :class:`mask_former.checkpoint.TrainingCheckpointer`).
     """
 
     def __init__(self, cfg: CfgNode):
@@ -134,9 +136,7 @@ class Trainer(DefaultTrainer):
         self._trainer = trainer_cls(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
+        self.checkpointer = TrainingCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -149,6 +149,26 @@ class Trainer(DefaultTrainer):
         """
         super().train()
         return getattr(self, "_last_eval_results", None)
+
+    def state_dict(self) -> Dict:
+        """
+        The iteration and hook (LR scheduler) states, and under "_trainer" those of the
+        per-iteration trainer: optimizer and, with CUDA AMP, the grad scaler (detectron2 0.6 saves
+        no optimizer state; later versions use this layout).
+        """
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state: Dict) -> None:
+        """Load :meth:`state_dict`; the parts it lacks (older checkpoints) are left as they are."""
+        super().load_state_dict(state)
+        inner = state.get("_trainer", {})
+        if "optimizer" in inner:
+            self.optimizer.load_state_dict(inner["optimizer"])
+        scaler = getattr(self._trainer, "grad_scaler", None)
+        if scaler is not None and "grad_scaler" in inner:
+            scaler.load_state_dict(inner["grad_scaler"])
 
     @classmethod
     def build_evaluator(
