@@ -22,9 +22,14 @@ demo: setup
 compare: setup
 	$(PY) dev/compare_baseline.py
 
-# Median timings of a training step (float32 vs bfloat16 AMP), the matcher and the data loader.
+# Quick benchmark (under 10 minutes on 2 cores; tools/benchmark.py): inference latency of the R50
+# and Swin-T ADE20K models, a training iteration's time and peak memory, the matcher, the shapes
+# mapper and evaluation, and the time and GFLOP/s of each model part, as markdown tables and
+# output/benchmark_<time>.json. Also: --full, --baseline CHECKOUT, --device cuda --dtype bfloat16.
+# The shapes training-step figures quoted in the configs (float32 vs bfloat16 AMP, loader
+# hand-over) come from dev/bench_train_step.py.
 bench: setup
-	$(PY) dev/bench_train_step.py
+	$(PY) tools/benchmark.py
 
 # Lint and the enforced formatting (`ruff format .` fixes the latter).
 lint: setup

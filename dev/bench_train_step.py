@@ -2,7 +2,8 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """
 Benchmark of one CPU training step of a config (default: the main job's), printed as tables of
-medians over repeats (``make bench``):
+medians over repeats (the figures quoted in the shapes configs; ``make bench`` runs the general
+benchmark, tools/benchmark.py):
 
 1. the step (forward, backward, optimizer) in float32 and with SOLVER.AMP.ENABLED (bfloat16
    autocast, NHWC weights), on the same prefetched batches;

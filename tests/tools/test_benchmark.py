@@ -1,0 +1,112 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""tools/benchmark.py on the tiny shapes ResNet-18 config at 64x64: tables, JSON, Voronoi targets.
+No timing is asserted."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from tools_testing import REPO_ROOT
+
+CONFIG = "configs/shapes/maskformer_R18_bs8_1200.yaml"
+HEADER_WORDS = ("CPU capability", "oneDNN bfloat16 native", "threads", "torch")
+
+
+@pytest.fixture
+def bench(tool):
+    """The tool's module; the torch thread count it sets is restored afterwards."""
+    threads = torch.get_num_threads()
+    yield tool("benchmark")
+    torch.set_num_threads(threads)
+
+
+def _positive_numbers(tree, path="results"):
+    """Every number in a JSON tree, with its path."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _positive_numbers(value, f"{path}.{key}")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            yield from _positive_numbers(value, f"{path}[{i}]")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield path, tree
+
+
+def _assert_header(table: str, threads: int) -> None:
+    for word in HEADER_WORDS:
+        assert word in table
+    assert f"{threads} threads" in table
+
+
+def test_voronoi_segments_partition_the_image(bench):
+    from benchmark_cases import voronoi_segments
+
+    for n in (1, 3, 24):
+        classes, masks = voronoi_segments(37, 53, n, 150, seed=n)
+        assert masks.shape == (n, 37, 53) and masks.dtype == np.bool_
+        assert (masks.sum(axis=(1, 2)) > 0).all()  # none empty
+        assert (masks.sum(axis=0) == 1).all()  # disjoint, and together they cover the image
+        assert classes.dtype == np.int64 and len(set(classes.tolist())) == n
+        assert classes.min() >= 0 and classes.max() < 150
+    with pytest.raises(ValueError):
+        voronoi_segments(4, 4, 5, 4, seed=0)  # more segments than classes
+
+
+def test_main_writes_captioned_tables_and_json(bench, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(bench.MODES["quick"], "peak_repeats", 1)
+    monkeypatch.setitem(bench.MODES["quick"], "matcher_repeats", 1)
+    path = tmp_path / "bench.json"
+    bench.main(["--rows", "peak", "matcher", "--threads", "1", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert out.count("### ") == 2 and out.count("_CPU capability") == 2
+    _assert_header(out, 1)
+    results = json.loads(path.read_text())
+    assert {"environment", "mode", "settings", "peaks", "matcher", "seconds"} <= set(results)
+    env = results["environment"]
+    assert {"cpu_capability", "onednn_bf16_native", "threads", "torch", "device"} <= set(env)
+    assert env["threads"] == 1 and results["mode"] == "quick"
+    assert [p["num_points"] for p in results["matcher"]] == [0, 12544]
+    for name, value in _positive_numbers({"peaks": results["peaks"], "m": results["matcher"]}):
+        assert value > 0 or name.endswith("num_points"), name
+
+
+def test_inference_side_by_side_and_training_case(bench, tmp_path):
+    import benchmark_report as report
+    from benchmark_cases import environment, run_case
+    from benchmark_runner import Run, inference_case, run_cases, train_case
+
+    # The baseline is this very checkout: same code, same weights, so the outputs agree.
+    run = Run("cpu", "float32", 1, 0, str(REPO_ROOT), str(REPO_ROOT), str(tmp_path))
+    case = inference_case(run, "tiny R18", CONFIG, (64, 64), {1: 1, 2: 1}, warmup=1)
+    entries = run_cases([case], run)
+    env = {**environment("cpu"), "threads": 1, "dtype": "float32"}
+    (entry,) = entries
+    for side in ("current", "baseline"):
+        result = entry[side]
+        assert "error" not in result, result
+        assert result["mask_former_file"].startswith(str(REPO_ROOT))
+        assert result["memory"]["rss_mb"] > 0 and result["weights"]["missing"] == 0
+        assert set(result["batches"]) == {"1", "2"}
+        assert result["batches"]["2"]["images_per_s"] > 0
+        parts = result["batches"]["1"]["parts"]
+        assert set(parts) == {"backbone", "pixel decoder", "transformer decoder", report.POST}
+        assert all(v > 0 for k, v in result["batches"]["1"]["flops"].items() if k != report.POST)
+    assert entry["agreement"]["same_argmax"] == {"1": 1.0, "2": 1.0}
+    for table in (report.inference_table(entries, env), report.parts_table(entries, None, env)):
+        _assert_header(table, 1)
+        assert "speed-up" in table and "tiny R18" in table
+
+    train = train_case(run, CONFIG, (64, 64), segments=3, points=0, iters=1)
+    result, _ = run_case(dict(train, threads=1))
+    assert result["step"]["median_ms"] > 0 and result["memory"]["rss_mb"] > 0
+    assert result["losses"] and all(math.isfinite(v) for v in result["losses"].values())
+    table = report.train_table([{"case": train, "current": result}], env)
+    _assert_header(table, 1)
+    assert "full-res" in table
+
+    path = tmp_path / "out.json"
+    report.write_json({"environment": env, "inference": entries}, str(path))
+    loaded = json.loads(path.read_text())
+    assert loaded["inference"][0]["current"]["batches"]["1"]["median_ms"] > 0
