@@ -9,27 +9,30 @@ Usage:
         --input images/ photo.jpg "more/*.png" --output vis/ \
         --opts MODEL.WEIGHTS model_final.pkl MODEL.DEVICE cpu
 
-``--input`` takes image files, directories (every image in them) and glob patterns.
-``--confidence-threshold`` filters what is drawn: for instance predictions, instances scoring
-below it; for panoptic models, it replaces MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD, so
-queries whose class score is below it make no segment. Semantic segmentation has no scores to
-filter and ignores it. Without ``--output`` the drawings are shown in a window (Esc quits).
+``--input`` takes image files, directories (every image in them) and glob patterns. Files that
+are not readable images are skipped, each with one line saying why; the others are drawn, and
+the demo then exits with status 1 and the number skipped. Without ``--output`` the drawings
+are shown in a window (Esc quits). ``--confidence-threshold`` only filters the instances that
+are drawn; the thresholds of panoptic inference are config keys (``--opts``).
 """
 
 import argparse
+import functools
 import glob
 import logging
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import cv2
 import numpy as np
 import tqdm
 from detectron2.config import CfgNode
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
+from detectron2.utils.visualizer import VisImage
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mask_former import get_mask_former_cfg
 from mask_former.utils import atomic_output_path, fall_back_to_cpu
@@ -41,20 +44,39 @@ except ImportError:  # imported as demo.demo
 
 WINDOW_NAME = "MaskFormer"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 logger = logging.getLogger("mask_former.demo")
 
 
+class DemoError(ValueError):
+    """A problem with an input or output of the demo, reported to the user in one line."""
+
+
+class UnreadableImageError(DemoError):
+    """An input file that is not a readable image; ``reason`` says why in a few words."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"Cannot read image {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    """Build the frozen config: file, then --opts, then --confidence-threshold."""
+    """Build the frozen config: file, then --opts (--confidence-threshold changes nothing)."""
     cfg = get_mask_former_cfg()
     cfg.merge_from_file(args.config_file, allow_unsafe=False)
     cfg.merge_from_list(args.opts)
-    if args.confidence_threshold is not None and cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON:
-        cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = args.confidence_threshold
     fall_back_to_cpu(cfg)
     cfg.freeze()
     return cfg
+
+
+def _num_workers(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs at least 1 worker, got {value}")
+    return value
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -70,19 +92,37 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--input",
         nargs="+",
-        help="image files, directories of images, or glob patterns such as 'dir/*.jpg'",
+        help="image files, directories of images, or glob patterns such as 'dir/*.jpg'; "
+        "unreadable files are skipped (one line each) and make the exit status 1",
     )
     parser.add_argument(
         "--output",
-        help="a folder to save drawings to, or for a single input a file name with an image "
-        "extension; without it, drawings are shown in a window",
+        help="a folder to save drawings to (created if needed), or for a single image file a "
+        "file name with an image extension; without it, drawings are shown in a window. Each "
+        "drawing is named after its input, extension included, so a.jpg and a.png stay distinct "
+        "(a name without an image extension gets .png); inputs with the same name (ignoring "
+        "case) get -2, -3, ... before the extension, in input order (dir1/a.png -> a.png, "
+        "dir2/a.png -> a-2.png)",
     )
     parser.add_argument(
         "--confidence-threshold",
         type=float,
         default=None,
-        help="instances scoring below this are not drawn; for panoptic models, replaces "
-        "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD (default: the config's value)",
+        help="only filters the drawn instances (models with instance inference): those scoring "
+        "below this are not drawn (default: all the model returns). It does not change "
+        "panoptic or semantic inference; for that set MODEL.MASK_FORMER.TEST."
+        "OBJECT_MASK_THRESHOLD with --opts",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=_num_workers,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="N",
+        help="run the model in worker processes while this one reads and draws (for videos "
+        "and many images): N workers, each with 1/N of the CPU threads (OMP_NUM_THREADS, else "
+        "the cores); without N, one per GPU with CUDA, else 2",
     )
     parser.add_argument(
         "--opts",
@@ -93,14 +133,33 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@functools.lru_cache()
+def setup_demo_logging() -> None:
+    """
+    Detectron2's log format for fvcore and mask_former; the demo's own lines (progress,
+    skipped files, errors) go to stderr, where the progress bar is.
+    """
+    setup_logger(name="fvcore")
+    setup_logger(name="mask_former")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("[%(asctime)s demo] %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    )
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def expand_inputs(patterns: List[str]) -> List[str]:
     """
-    Expand image files, directories and glob patterns into a sorted list of files.
+    Expand image files, directories and glob patterns into a list of files: sorted within
+    each pattern, in the order of the patterns, each file once.
 
     Raises:
         FileNotFoundError: naming the first pattern that matches nothing.
     """
     paths: List[str] = []
+    seen = set()
     for pattern in patterns:
         pattern = os.path.expanduser(pattern)
         if os.path.isdir(pattern):
@@ -115,46 +174,144 @@ def expand_inputs(patterns: List[str]) -> List[str]:
             found = [p for p in glob.glob(pattern) if os.path.isfile(p)]
         if not found:
             raise FileNotFoundError(f"--input {pattern!r}: no such file, or no image matches it")
-        paths.extend(sorted(found))
+        for path in sorted(found):
+            if os.path.realpath(path) not in seen:
+                seen.add(os.path.realpath(path))
+                paths.append(path)
     return paths
 
 
+def _to_bgr(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 BGR; 16-bit (and 32-bit) grey levels are scaled to 8 bits."""
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        levels = np.asarray(image, dtype=np.float64)
+        if image.mode in _SIXTEEN_BIT_MODES or levels.max(initial=0) > 255:
+            levels = levels / 257.0  # 65535 -> 255
+        grey = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    # Palette, grey, CMYK, ...: to RGB; an alpha channel is dropped.
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
+
+
 def load_image(path: str) -> np.ndarray:
-    """Read an image as a BGR uint8 array; raise ValueError naming the file if unreadable."""
+    """
+    Read an image as a BGR uint8 (H, W, 3) array, turned upright per its EXIF orientation.
+
+    Raises:
+        UnreadableImageError: naming the file and the reason (empty, not an image, truncated).
+    """
     try:
-        return read_image(path, format="BGR")
-    except Exception as e:  # PIL raises several types for corrupt or non-image files
-        raise ValueError(f"Cannot read image {path}: {e}") from e
+        if os.path.getsize(path) == 0:
+            raise UnreadableImageError(path, "empty file (0 bytes)")
+        with Image.open(path) as image:
+            image.load()
+            return _to_bgr(ImageOps.exif_transpose(image))
+    except UnreadableImageError:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImageError(path, "not an image (unknown format)") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        raise UnreadableImageError(path, e.strerror or type(e).__name__) from None
+    except Exception as e:  # Pillow reports bad data as OSError, SyntaxError, ValueError, ...
+        raise UnreadableImageError(path, f"truncated or corrupt ({e})") from None
 
 
-def output_file(output: str, input_path: str, many: bool) -> str:
+def drawing_names(paths: List[str]) -> List[str]:
     """
-    Where the drawing of ``input_path`` goes: ``output`` itself for a single input and an
-    output with a file extension, else a file of the input's name inside the folder ``output``.
+    The file name of each input's drawing in an output folder: the input's name (with
+    ``.png`` added unless it ends with an image extension); a name already taken, ignoring
+    case, gets ``-2``, ``-3``, ... before its extension, in input order.
     """
-    if many or os.path.isdir(output) or not os.path.splitext(output)[1]:
-        os.makedirs(output, exist_ok=True)
-        return os.path.join(output, os.path.basename(input_path))
-    return output
+    names = [
+        os.path.basename(p)
+        if p.lower().endswith(IMAGE_EXTENSIONS)
+        else os.path.splitext(os.path.basename(p))[0] + ".png"
+        for p in paths
+    ]
+    wanted = {name.casefold() for name in names}
+    taken = set()
+    for i, name in enumerate(names):
+        if name.casefold() in taken:
+            stem, ext = os.path.splitext(name)
+            k = 2
+            while f"{stem}-{k}{ext}".casefold() in taken | wanted:
+                k += 1
+            names[i] = f"{stem}-{k}{ext}"
+        taken.add(names[i].casefold())
+    return names
 
 
-def run_on_images(demo: VisualizationDemo, paths: List[str], output: Optional[str]) -> None:
-    many = len(paths) > 1
-    for path in tqdm.tqdm(paths, disable=not output or not many, desc="images"):
-        image = load_image(path)
-        start = time.time()
-        predictions, visualized = demo.run_on_image(image)
-        what = (
-            f"detected {len(predictions['instances'])} instances"
-            if "instances" in predictions
-            else "finished"
-        )
-        logger.info("%s: %s in %.2fs", path, what, time.time() - start)
-        if output:
-            with atomic_output_path(output_file(output, path, many)) as tmp:
-                visualized.save(tmp)
-        elif not _show(visualized.get_image()[:, :, ::-1], 0):
-            break
+def output_paths(output: str, patterns: List[str], paths: List[str]) -> List[str]:
+    """
+    Where each drawing goes: ``output`` itself for one image file given by name and an
+    ``output`` with an image extension (not a folder); else files of :func:`drawing_names`
+    in the folder ``output``, created if needed.
+    """
+    to_file = (
+        len(paths) == 1
+        and len(patterns) == 1
+        and os.path.isfile(os.path.expanduser(patterns[0]))
+        and output.lower().endswith(IMAGE_EXTENSIONS)
+        and not os.path.isdir(output)
+        and not output.endswith(os.sep)
+    )
+    if to_file:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        return [output]
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise DemoError(f"--output {output!r} exists and is not a folder")
+    os.makedirs(output, exist_ok=True)
+    return [os.path.join(output, name) for name in drawing_names(paths)]
+
+
+def save_drawing(drawing: VisImage, path: str) -> None:
+    """Write a drawing (of its image's size) atomically, in the format of the extension."""
+    with atomic_output_path(path) as tmp:
+        Image.fromarray(drawing.get_image()).save(tmp)
+
+
+def _readable_images(paths: List[str], skipped: List[str]) -> Iterator[Tuple[int, np.ndarray]]:
+    """``(index, image)`` for each readable input; the others are logged and listed."""
+    for index, path in enumerate(paths):
+        try:
+            yield index, load_image(path)
+        except UnreadableImageError as e:
+            logger.warning("skipped %s: %s", path, e.reason)
+            skipped.append(path)
+
+
+def _describe(predictions: Dict) -> str:
+    if "instances" in predictions:
+        return f"detected {len(predictions['instances'])} instances"
+    return "finished"
+
+
+def run_on_images(demo: VisualizationDemo, paths: List[str], targets: Optional[List[str]]) -> int:
+    """
+    Draw each image into its target (or show it when ``targets`` is None).
+
+    Returns:
+        the number of inputs not drawn: unreadable images and drawings that could not be saved.
+    """
+    failed: List[str] = []
+    progress = tqdm.tqdm(total=len(paths), disable=targets is None or len(paths) < 2 or None)
+    start = time.time()
+    with progress, logging_redirect_tqdm(loggers=[logger]):
+        for index, predictions, drawing in demo.run_on_images(_readable_images(paths, failed)):
+            seconds = time.time() - start
+            logger.info("%s: %s in %.2fs", paths[index], _describe(predictions), seconds)
+            progress.update(1 + index - progress.n)
+            if targets is None:
+                if not _show(drawing.get_image()[:, :, ::-1], 0):
+                    break
+            else:
+                try:
+                    save_drawing(drawing, targets[index])
+                except (OSError, ValueError) as e:  # PIL: unknown extension, full disk, ...
+                    logger.warning("could not save %s: %s", targets[index], e)
+                    failed.append(paths[index])
+            start = time.time()
+    return len(failed)
 
 
 def _open_video_writer(path: str, fps: float, width: int, height: int):
@@ -175,7 +332,7 @@ def _open_video_writer(path: str, fps: float, width: int, height: int):
         writer.release()
         if os.path.exists(tmp):
             os.remove(tmp)
-    raise RuntimeError(f"This OpenCV build cannot write a video to {path}")
+    raise DemoError(f"This OpenCV build cannot write a video to {path}")
 
 
 def _show(frame: np.ndarray, wait_ms: int) -> bool:
@@ -188,7 +345,7 @@ def _show(frame: np.ndarray, wait_ms: int) -> bool:
 def run_on_video(demo: VisualizationDemo, path: str, output: Optional[str]) -> None:
     video = cv2.VideoCapture(path)
     if not video.isOpened():
-        raise ValueError(f"Cannot read video {path}")
+        raise DemoError(f"Cannot read video {path}")
     width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
     fps = video.get(cv2.CAP_PROP_FPS) or 30.0
@@ -220,7 +377,7 @@ def run_on_video(demo: VisualizationDemo, path: str, output: Optional[str]) -> N
 def run_on_webcam(demo: VisualizationDemo) -> None:
     camera = cv2.VideoCapture(0)
     if not camera.isOpened():
-        raise RuntimeError("Cannot open the webcam (device 0)")
+        raise DemoError("Cannot open the webcam (device 0)")
     try:
         for frame in tqdm.tqdm(demo.run_on_video(camera), desc="frames"):
             if not _show(frame, 1):
@@ -230,7 +387,24 @@ def run_on_webcam(demo: VisualizationDemo) -> None:
         cv2.destroyAllWindows()
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def _run(demo: VisualizationDemo, args: argparse.Namespace, paths: List[str]) -> int:
+    """Run the demo on its source; returns the exit status."""
+    if args.video_input:
+        run_on_video(demo, args.video_input, args.output)
+        return 0
+    if args.webcam:
+        run_on_webcam(demo)
+        return 0
+    targets = output_paths(args.output, args.input, paths) if args.output else None
+    failed = run_on_images(demo, paths, targets)
+    if failed:
+        logger.error("%d of %d images were not drawn (see the lines above)", failed, len(paths))
+        return 1
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Parse ``argv`` and run the demo; returns the exit status (0: every input was drawn)."""
     parser = get_parser()
     args = parser.parse_args(argv)
     sources = [bool(args.input), bool(args.video_input), args.webcam]
@@ -238,24 +412,29 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error("give exactly one of --input, --video-input and --webcam")
     if args.webcam and args.output:
         parser.error("--output is not supported with --webcam")
-    setup_logger(name="fvcore")
-    setup_logger(name="mask_former")
+    setup_demo_logging()
     logger.info("Arguments: %s", args)
-
-    paths = expand_inputs(args.input) if args.input else []
-    cfg = setup_cfg(args)
+    try:
+        paths = expand_inputs(args.input) if args.input else []
+    except FileNotFoundError as e:
+        parser.error(str(e))
+    try:
+        cfg = setup_cfg(args)
+    except (KeyError, ValueError, AssertionError) as e:  # yacs: unknown key, wrong type, ...
+        parser.error(f"--config-file/--opts: {e}")
     threshold = args.confidence_threshold if args.confidence_threshold is not None else 0.0
-    demo = VisualizationDemo(cfg, instance_threshold=threshold)
-    if paths:
-        run_on_images(demo, paths, args.output)
-    elif args.video_input:
-        run_on_video(demo, args.video_input, args.output)
-    else:
-        run_on_webcam(demo)
+    parallel = True if args.parallel == 0 else (args.parallel or False)
+    try:
+        with VisualizationDemo(cfg, parallel=parallel, instance_threshold=threshold) as demo:
+            return _run(demo, args, paths)
+    except DemoError as e:
+        logger.error("%s", e)
+        return 1
 
 
 if __name__ == "__main__":
     try:
-        main(sys.argv[1:])
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        sys.exit(130)

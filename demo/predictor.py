@@ -2,14 +2,19 @@
 """
 Run a model on images or video frames and draw its predictions with Detectron2's Visualizer.
 
-What is drawn depends on the model's outputs, in this order of preference: "panoptic_seg"
-(segments coloured by category, things labelled), "sem_seg" (the argmax class of each pixel),
-"instances" (masks and boxes with scores). Instances scoring below ``instance_threshold`` are
-not drawn.
+What is drawn depends on the model's outputs: "panoptic_seg" when there is one (segments
+coloured by category, things labelled); else "sem_seg" (the argmax class of each pixel) and
+then "instances" (masks and boxes with scores) on top of it, each when present. Instances
+scoring below ``instance_threshold`` are not drawn.
+
+With ``parallel``, the model runs in worker processes (:class:`AsyncPredictor`) while this
+process reads and draws; the drawings come out in input order either way.
 """
 
+import collections
+import contextlib
 import logging
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -19,6 +24,11 @@ from detectron2.data import Metadata, MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
+
+try:  # demo/ is on sys.path (python demo/demo.py)
+    from async_predictor import AsyncPredictor, default_num_workers
+except ImportError:  # imported as demo.predictor
+    from demo.async_predictor import AsyncPredictor, default_num_workers
 
 __all__ = ["VisualizationDemo", "demo_metadata"]
 
@@ -51,29 +61,69 @@ def _filter_instances(predictions: Dict, threshold: float) -> Dict:
     return predictions
 
 
+def _check_drawable(predictions: Dict) -> None:
+    if not {"panoptic_seg", "sem_seg", "instances"} & set(predictions):
+        raise ValueError(f"The model returned nothing to draw: {sorted(predictions)}")
+
+
+@contextlib.contextmanager
+def _reproducible_colours(seed: int) -> Iterator[None]:
+    """
+    The Visualizer picks (and jitters) colours with NumPy's global random generator: seed it
+    for one drawing, so an image is drawn alike in every run, in worker processes or not, and
+    restore the caller's state afterwards.
+    """
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 class VisualizationDemo:
     """
     A model in eval mode (Detectron2's DefaultPredictor: test-time resize, BGR/RGB per
-    INPUT.FORMAT) plus the class names and colours of :func:`demo_metadata`.
+    INPUT.FORMAT), in this process or in worker processes, plus the class names and colours
+    of :func:`demo_metadata`. Call :meth:`close` (or use it in a ``with`` block) to stop the
+    workers.
     """
 
     def __init__(
         self,
         cfg: CfgNode,
         instance_mode: ColorMode = ColorMode.IMAGE,
+        parallel: Union[bool, int] = False,
         instance_threshold: float = 0.0,
     ):
         """
         Args:
             cfg (CfgNode): a frozen config; MODEL.WEIGHTS is loaded.
             instance_mode (ColorMode): how the Visualizer colours instances.
+            parallel (bool or int): False or 0: run the model in this process; True: in worker
+                processes, one per GPU with CUDA, else 2; N: in N worker processes.
             instance_threshold (float): instances scoring below this are not drawn.
         """
         self.metadata: Metadata = demo_metadata(cfg)
         self.cpu_device = torch.device("cpu")
         self.instance_mode = instance_mode
         self.instance_threshold = instance_threshold
-        self.predictor = DefaultPredictor(cfg)
+        if parallel is True:
+            parallel = default_num_workers(cfg)
+        self.predictor: Union[DefaultPredictor, AsyncPredictor] = (
+            AsyncPredictor(cfg, int(parallel)) if parallel else DefaultPredictor(cfg)
+        )
+
+    def close(self) -> None:
+        """Stop the worker processes, if any."""
+        if isinstance(self.predictor, AsyncPredictor):
+            self.predictor.shutdown()
+
+    def __enter__(self) -> "VisualizationDemo":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     def run_on_image(self, image: np.ndarray) -> Tuple[Dict, VisImage]:
         """
@@ -82,50 +132,106 @@ class VisualizationDemo:
 
         Returns:
             (predictions, visualization): the model's output dict for the image, and the
-            drawing on top of it.
+            drawing on top of it (of the image's size).
         """
         predictions = _filter_instances(self.predictor(image), self.instance_threshold)
-        visualizer = Visualizer(image[:, :, ::-1], self.metadata, instance_mode=self.instance_mode)
-        if "panoptic_seg" in predictions:
-            panoptic_seg, segments_info = predictions["panoptic_seg"]
-            vis = visualizer.draw_panoptic_seg(panoptic_seg.to(self.cpu_device), segments_info)
-        elif "sem_seg" in predictions:
-            labels = predictions["sem_seg"].argmax(dim=0).to(self.cpu_device)
-            vis = visualizer.draw_sem_seg(labels)
-        elif "instances" in predictions:
-            vis = visualizer.draw_instance_predictions(predictions["instances"].to(self.cpu_device))
-        else:
-            raise ValueError(f"The model returned nothing to draw: {sorted(predictions)}")
-        return predictions, vis
+        return predictions, self._draw_image(image, predictions)
 
-    def _draw_frame(self, visualizer: VideoVisualizer, frame: np.ndarray) -> np.ndarray:
-        predictions = _filter_instances(self.predictor(frame), self.instance_threshold)
-        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        if "panoptic_seg" in predictions:
-            panoptic_seg, segments_info = predictions["panoptic_seg"]
-            vis = visualizer.draw_panoptic_seg_predictions(
-                rgb, panoptic_seg.to(self.cpu_device), segments_info
-            )
-        elif "sem_seg" in predictions:
-            labels = predictions["sem_seg"].argmax(dim=0).to(self.cpu_device)
-            vis = visualizer.draw_sem_seg(rgb, labels)
-        else:
-            instances = predictions["instances"].to(self.cpu_device)
-            vis = visualizer.draw_instance_predictions(rgb, instances)
-        return cv2.cvtColor(vis.get_image(), cv2.COLOR_RGB2BGR)
+    def run_on_images(
+        self, images: Iterable[Tuple[Any, np.ndarray]]
+    ) -> Iterator[Tuple[Any, Dict, VisImage]]:
+        """
+        Draw a stream of images; with workers, several are predicted at once.
+
+        Args:
+            images: ``(key, image)`` pairs, the image as in :meth:`run_on_image`. It is
+                consumed lazily (a few images ahead of the drawings with workers).
+
+        Yields:
+            ``(key, predictions, visualization)`` for each image, in input order.
+        """
+        for key, image, predictions in self._predict(images):
+            predictions = _filter_instances(predictions, self.instance_threshold)
+            yield key, predictions, self._draw_image(image, predictions)
+
+    def _predict(
+        self, images: Iterable[Tuple[Any, np.ndarray]]
+    ) -> Iterator[Tuple[Any, np.ndarray, Dict]]:
+        """``(key, image, predictions)`` in input order, keeping the worker pool's buffer full."""
+        if not isinstance(self.predictor, AsyncPredictor):
+            for key, image in images:
+                yield key, image, self.predictor(image)
+            return
+        pending: collections.deque = collections.deque()
+        try:
+            for key, image in images:
+                self.predictor.put(image)
+                pending.append((key, image))
+                if len(pending) >= self.predictor.default_buffer_size:
+                    yield (*pending.popleft(), self.predictor.get())
+            while pending:
+                yield (*pending.popleft(), self.predictor.get())
+        except GeneratorExit:  # the caller stopped early (or failed)
+            self.predictor.discard_pending()
+            raise
+
+    def _draw_image(self, image: np.ndarray, predictions: Dict) -> VisImage:
+        _check_drawable(predictions)
+        visualizer = Visualizer(image[:, :, ::-1], self.metadata, instance_mode=self.instance_mode)
+        with _reproducible_colours(0):
+            if "panoptic_seg" in predictions:
+                panoptic_seg, segments_info = predictions["panoptic_seg"]
+                return visualizer.draw_panoptic_seg(panoptic_seg.to(self.cpu_device), segments_info)
+            # Both on one canvas: each draw_* call paints over the Visualizer's output.
+            if "sem_seg" in predictions:
+                labels = predictions["sem_seg"].argmax(dim=0).to(self.cpu_device)
+                visualizer.draw_sem_seg(labels)
+            if "instances" in predictions:
+                instances = predictions["instances"].to(self.cpu_device)
+                visualizer.draw_instance_predictions(instances)
+        return visualizer.output
+
+    def _draw_frame(
+        self, visualizer: VideoVisualizer, frame: np.ndarray, predictions: Dict, index: int
+    ) -> np.ndarray:
+        """The drawing of a BGR frame, BGR; like :meth:`_draw_image`, with tracked colours."""
+        _check_drawable(predictions)
+        drawing = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        with _reproducible_colours(index):
+            if "panoptic_seg" in predictions:
+                panoptic_seg, segments_info = predictions["panoptic_seg"]
+                drawing = visualizer.draw_panoptic_seg_predictions(
+                    drawing, panoptic_seg.to(self.cpu_device), segments_info
+                ).get_image()
+            else:
+                if "sem_seg" in predictions:
+                    labels = predictions["sem_seg"].argmax(dim=0).to(self.cpu_device)
+                    drawing = visualizer.draw_sem_seg(drawing, labels).get_image()
+                if "instances" in predictions:
+                    instances = predictions["instances"].to(self.cpu_device)
+                    drawing = visualizer.draw_instance_predictions(drawing, instances).get_image()
+        return cv2.cvtColor(drawing, cv2.COLOR_RGB2BGR)
 
     def run_on_video(
         self, video: cv2.VideoCapture, max_frames: Optional[int] = None
     ) -> Iterator[np.ndarray]:
         """
         Yield the drawing of each frame of ``video`` (BGR, like the frames); colours of
-        tracked instances stay stable from frame to frame.
+        tracked instances stay stable from frame to frame. With workers, several frames are
+        predicted at once.
         """
         visualizer = VideoVisualizer(self.metadata, self.instance_mode)
-        count = 0
-        while video.isOpened() and (max_frames is None or count < max_frames):
-            success, frame = video.read()
-            if not success:
-                break
-            count += 1
-            yield self._draw_frame(visualizer, frame)
+        for index, frame, predictions in self._predict(_frames(video, max_frames)):
+            predictions = _filter_instances(predictions, self.instance_threshold)
+            yield self._draw_frame(visualizer, frame, predictions, index)
+
+
+def _frames(video: cv2.VideoCapture, max_frames: Optional[int]) -> Iterator[Tuple[int, Any]]:
+    """``(index, frame)`` for each frame of ``video`` (at most ``max_frames``)."""
+    index = 0
+    while video.isOpened() and (max_frames is None or index < max_frames):
+        success, frame = video.read()
+        if not success:
+            return
+        yield index, frame
+        index += 1

@@ -1,9 +1,7 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
-"""demo/demo.py: drawings for a directory of images, input expansion, errors, thresholds."""
+"""demo/demo.py and demo/predictor.py: input expansion, errors, thresholds, what is drawn."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -12,11 +10,10 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.modeling import build_model
-from detectron2.structures import Instances
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.visualizer import Visualizer
 from tools_testing import REPO_ROOT, load_script
 
-import mask_former
 from mask_former import get_mask_former_cfg
 
 CONFIG = "configs/shapes/maskformer_panoptic_R18_bs8_1200.yaml"
@@ -32,34 +29,8 @@ def _write_images(folder: Path):
     return sizes
 
 
-def _random_checkpoint(path: Path):
-    cfg = get_mask_former_cfg()
-    cfg.merge_from_file(str(REPO_ROOT / CONFIG))
-    torch.manual_seed(0)
-    torch.save({"model": build_model(cfg).state_dict()}, path)
-
-
-def test_demo_writes_a_drawing_per_image_of_a_directory(tmp_path):
-    sizes = _write_images(tmp_path / "in")
-    _random_checkpoint(tmp_path / "model.pth")
-    # The subprocess imports the same mask_former as this test.
-    env = dict(os.environ, PYTHONPATH=str(Path(mask_former.__file__).parents[1]))
-    command = [
-        sys.executable, "demo/demo.py", "--config-file", CONFIG,
-        "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-        # 0: keep every query, so a random model still draws segments.
-        "--confidence-threshold", "0",
-        "--opts", "MODEL.WEIGHTS", str(tmp_path / "model.pth"), "MODEL.DEVICE", "cpu",
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(os.listdir(tmp_path / "out")) == sorted(sizes)
-    for name, (h, w) in sizes.items():
-        drawing = cv2.imread(str(tmp_path / "out" / name))
-        original = cv2.imread(str(tmp_path / "in" / name))
-        assert drawing.shape == (h, w, 3)
-        # Segments are painted over the image.
-        assert np.abs(drawing.astype(int) - original.astype(int)).mean() > 5
+# The command-line run on a folder of images (and of bad ones, with --parallel) is tested in
+# test_demo_inputs.py.
 
 
 def _demo_module():
@@ -85,19 +56,115 @@ def test_unreadable_image_error_names_the_file(tmp_path):
         demo.load_image(str(bad))
 
 
-def test_confidence_threshold_is_applied(tmp_path):
+def test_confidence_threshold_filters_instances_only(tmp_path):
     demo = _demo_module()
     parser = demo.get_parser()
-    args = parser.parse_args(["--config-file", str(REPO_ROOT / CONFIG), "--input", "x.png",
-                              "--confidence-threshold", "0.35"])  # fmt: skip
-    assert demo.setup_cfg(args).MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD == 0.35
-    args = parser.parse_args(["--config-file", str(REPO_ROOT / CONFIG), "--input", "x.png"])
-    assert demo.setup_cfg(args).MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD == 0.8  # config's
+    base = ["--config-file", str(REPO_ROOT / CONFIG), "--input", "x.png"]
+    args = parser.parse_args(base + ["--confidence-threshold", "0.35"])
+    # The panoptic threshold stays the config's (0.8): the original demo never changed it.
+    assert demo.setup_cfg(args).MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD == 0.8
+    opts = ["--opts", "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.3"]
+    args = parser.parse_args(base + ["--confidence-threshold", "0.35"] + opts)
+    assert demo.setup_cfg(args).MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD == 0.3
+    help_text = " ".join(parser.format_help().split())
+    assert "only filters the drawn instances" in help_text
+    assert "does not change panoptic or semantic inference" in help_text
 
     predictor = load_script("demo/predictor.py")
     instances = Instances((4, 4), scores=torch.tensor([0.9, 0.2, 0.5, 0.49]))
     kept = predictor._filter_instances({"instances": instances}, 0.5)["instances"]
     assert kept.scores.tolist() == pytest.approx([0.9, 0.5])
+
+
+@pytest.fixture(scope="module")
+def stub_demo():
+    """A VisualizationDemo of the tiny config whose model is replaced by fixed outputs."""
+    predictor = load_script("demo/predictor.py")
+    cfg = get_mask_former_cfg()
+    cfg.merge_from_file(str(REPO_ROOT / CONFIG))
+    cfg.freeze()
+    visualization = predictor.VisualizationDemo(cfg)
+    h, w = 48, 64
+    sem_seg = torch.zeros(6, h, w)
+    sem_seg[0, :, : w // 2] = sem_seg[4, :, w // 2 :] = 1.0  # two regions
+    masks = torch.zeros(1, h, w)
+    masks[0, 10:30, 20:40] = 1.0
+    instances = Instances((h, w), pred_masks=masks, scores=torch.tensor([0.9]))
+    instances.pred_classes = torch.tensor([3])
+    instances.pred_boxes = Boxes(torch.zeros(1, 4))
+    outputs = {"sem_seg": sem_seg, "instances": instances}
+    image = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    return visualization, outputs, image
+
+
+class _Frames:
+    """A stand-in for cv2.VideoCapture over a list of frames."""
+
+    def __init__(self, frames):
+        self.frames = list(frames)
+
+    def isOpened(self):
+        return bool(self.frames)
+
+    def read(self):
+        return True, self.frames.pop(0)
+
+
+def _drawings(visualization, image, outputs):
+    """The image and video drawings of ``outputs``."""
+    visualization.predictor = lambda _: dict(outputs)
+    _, drawn = visualization.run_on_image(image)
+    (frame,) = visualization.run_on_video(_Frames([image]))
+    return drawn.get_image(), frame
+
+
+def test_sem_seg_and_instances_are_both_drawn(stub_demo):
+    visualization, outputs, image = stub_demo
+    both = _drawings(visualization, image, outputs)
+    sem_seg_only = _drawings(visualization, image, {"sem_seg": outputs["sem_seg"]})
+    instances_only = _drawings(visualization, image, {"instances": outputs["instances"]})
+    for i, kind in enumerate(["image", "video"]):
+        inside = (slice(10, 30), slice(20, 40))  # the instance's mask
+        assert not np.array_equal(both[i][inside], sem_seg_only[i][inside]), kind
+        assert not np.array_equal(both[i], instances_only[i]), kind
+    # The image is drawn as the original demo draws it: sem_seg, then instances on top.
+    visualizer = Visualizer(image[:, :, ::-1], visualization.metadata)
+    np.random.seed(0)  # the demo seeds the Visualizer's colours so
+    visualizer.draw_sem_seg(outputs["sem_seg"].argmax(dim=0))
+    expected = visualizer.draw_instance_predictions(outputs["instances"]).get_image()
+    assert np.array_equal(both[0], expected)
+
+
+def test_video_frames_keep_their_order_through_a_worker_pool(stub_demo):
+    """With workers, frames are predicted a few at once and each is drawn with its own result."""
+    visualization = stub_demo[0]
+    predictor = load_script("demo/predictor.py")
+
+    def segment(frame):  # a sem_seg that depends on the frame
+        labels = torch.as_tensor(frame[:, :, 0] > 127).long()
+        return {"sem_seg": torch.nn.functional.one_hot(labels, 6).permute(2, 0, 1).float()}
+
+    class InlinePool(predictor.AsyncPredictor):  # the pool's interface, without processes
+        default_buffer_size = 3
+
+        def __init__(self):
+            self.queue, self.most_in_flight = [], 0
+
+        def put(self, image):
+            self.queue.append(image)
+            self.most_in_flight = max(self.most_in_flight, len(self.queue))
+
+        def get(self):
+            return segment(self.queue.pop(0))
+
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 255, (32, 48, 3), dtype=np.uint8) for _ in range(7)]
+    visualization.predictor = segment
+    expected = list(visualization.run_on_video(_Frames(frames)))
+    visualization.predictor = pool = InlinePool()
+    drawn = list(visualization.run_on_video(_Frames(frames)))
+    assert pool.most_in_flight == 3
+    assert len(drawn) == 7 and all(np.array_equal(a, b) for a, b in zip(drawn, expected))
 
 
 def test_exactly_one_source_is_required():
@@ -124,10 +191,13 @@ def test_metadata_falls_back_to_generic_class_names():
 def test_output_names(tmp_path):
     demo = _demo_module()
     out = str(tmp_path / "vis")
-    assert demo.output_file(out + ".png", "in/a.jpg", many=False) == out + ".png"
-    assert demo.output_file(out, "in/a.jpg", many=False) == os.path.join(out, "a.jpg")
+    image = str(tmp_path / "a.jpg")
+    Path(image).write_bytes(b"")
+    assert demo.output_paths(out + ".png", [image], [image]) == [out + ".png"]
+    assert demo.output_paths(out, [image], [image]) == [os.path.join(out, "a.jpg")]
     assert os.path.isdir(out)
-    assert demo.output_file(out, "in/b.png", many=True) == os.path.join(out, "b.png")
+    many = [image, str(tmp_path / "b.png")]
+    assert demo.output_paths(out, many, many) == [os.path.join(out, n) for n in ("a.jpg", "b.png")]
 
 
 def test_video_frames_are_drawn_into_a_video(tmp_path):
