@@ -6,7 +6,9 @@ Detectron2 0.6's ``launch`` asserts that CUDA is available and joins the process
 backend. Without CUDA, this wrapper spawns the same number of processes on the CPU and joins them
 with the gloo backend, setting up detectron2's communication state the way detectron2 does (global
 group, per-machine local group), so ``detectron2.utils.comm`` works unchanged inside ``main_func``;
-each CPU process gets an equal share of the cores as torch threads (unless OMP_NUM_THREADS is set).
+each CPU process gets an equal share of the cores as torch threads (unless OMP_NUM_THREADS is set),
+and a heartbeat (:mod:`mask_former.engine.watchdog`) ends every process within
+$MASK_FORMER_PEER_TIMEOUT seconds (120) of a peer's death instead of letting it hang.
 With CUDA it simply calls detectron2's ``launch``.
 """
 
@@ -14,12 +16,15 @@ import logging
 import os
 from datetime import timedelta
 from typing import Any, Callable, Optional, Sequence
+from urllib.parse import urlparse
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
+
+from .watchdog import PeerWatchdog, peer_timeout_from_env
 
 __all__ = ["launch", "DEFAULT_TIMEOUT"]
 
@@ -120,9 +125,10 @@ def _cpu_worker(
         # Share the cores instead of every process starting one thread per core, which
         # oversubscribes the CPU and slows all of them down.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // procs_per_machine))
+    store = _rendezvous_store(dist_url, global_rank, world_size, timeout)
     dist.init_process_group(
         backend="gloo",
-        init_method=dist_url,
+        store=store,
         world_size=world_size,
         rank=global_rank,
         timeout=timeout,
@@ -131,10 +137,35 @@ def _cpu_worker(
     # A barrier right after initialisation, as detectron2 does, so that a slow worker does not
     # time out in the first collective of main_func.
     comm.synchronize()
+    watchdog = _start_watchdog(store, global_rank, world_size)
     try:
         main_func(*args)
+        if watchdog is not None:
+            watchdog.closing = True
+        comm.synchronize()  # no process leaves (and takes the store down) before all are done
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         dist.destroy_process_group()
+
+
+def _rendezvous_store(
+    dist_url: str, rank: int, world_size: int, timeout: timedelta
+) -> dist.TCPStore:
+    """The TCP store of a "tcp://HOST:PORT" URL, hosted by rank 0."""
+    parsed = urlparse(dist_url)
+    if parsed.scheme != "tcp" or not parsed.hostname or not parsed.port:
+        raise ValueError(f"launch: dist_url {dist_url!r} is not of the form tcp://HOST:PORT")
+    return dist.TCPStore(
+        parsed.hostname, parsed.port, world_size, is_master=rank == 0, timeout=timeout
+    )
+
+
+def _start_watchdog(store: dist.Store, rank: int, world_size: int) -> Optional[PeerWatchdog]:
+    limit = peer_timeout_from_env()
+    if limit <= 0:
+        return None
+    return PeerWatchdog(store, rank, world_size, limit=limit).start()
 
 
 def _create_local_process_group(num_machines: int, procs_per_machine: int, machine_rank: int):
