@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from model_testing import random_images, tiny_swin_cfg
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mask_former.modeling import inference, precision
 from mask_former.modeling.inference import (
@@ -210,3 +211,32 @@ def test_batched_results_equal_single_image_results():
         torch.testing.assert_close(t["sem_seg"], a["sem_seg"], rtol=0, atol=1e-5)
         assert torch.equal(t["panoptic_seg"][0], a["panoptic_seg"][0])
         assert t["panoptic_seg"][1] == a["panoptic_seg"][1]
+
+
+class _LargestOutput(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest, self.op = 0, None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.numel() > self.largest:
+                self.largest, self.op = t.numel(), func
+        return out
+
+
+def test_inference_makes_no_full_resolution_tensor_per_query(small_bands):
+    cfg = tiny_swin_cfg(**{"MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True})
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 16  # Q > K: Q x H x W exceeds the K x H x W output
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    height, width = 320, 448
+    (image,) = random_images([(height, width)])
+    with torch.no_grad(), _LargestOutput() as recorder:
+        model([{"image": image, "height": height, "width": width}])
+    num_queries, num_classes = 16, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    assert recorder.largest <= num_classes * height * width, recorder.op
+    assert recorder.largest < num_queries * height * width
