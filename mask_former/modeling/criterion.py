@@ -16,6 +16,11 @@ Shape shorthand in this module:
 The mask losses are summed over masks and divided by ``num_masks``, the number of ground-truth
 segments per worker averaged over all workers, so that every segment weighs the same whatever
 worker it lands on.
+
+:func:`sigmoid_focal_loss` and :func:`dice_loss` are the plain formulas; the full-resolution
+training path gets the same values and gradients from
+:func:`~mask_former.modeling.mask_losses.sigmoid_focal_dice_loss`, which does not keep (M, H, W)
+float tensors for backward.
 """
 
 from typing import Dict, Iterable, List, Sequence, Tuple
@@ -29,6 +34,7 @@ from detectron2.projects.point_rend.point_features import (
 )
 from torch import nn
 
+from .mask_losses import sigmoid_focal_dice_loss
 from .matcher import float_outputs
 
 __all__ = [
@@ -38,7 +44,7 @@ __all__ = [
     "dice_loss",
     "point_uncertainty",
     "average_num_masks",
-    "matched_target_masks",
+    "stack_target_masks",
 ]
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
@@ -228,12 +234,14 @@ class SetCriterion(nn.Module):
         self._check_labels(targets)
         device = outputs["pred_logits"].device
         num_masks = average_num_masks(targets, device)
+        # One stack of the batch's target masks, shared by all decoder layers.
+        masks = stack_target_masks(targets, binary=self.num_points == 0)
         # Losses in float32, also when the model ran under autocast (see SOLVER.AMP.ENABLED).
         with torch.autocast(device_type=device.type, enabled=False):
             outputs = float_outputs(outputs)
-            losses = self._layer_losses(outputs, targets, num_masks)
+            losses = self._layer_losses(outputs, targets, masks, num_masks)
             for i, aux_outputs in enumerate(outputs.get("aux_outputs", [])):
-                aux_losses = self._layer_losses(aux_outputs, targets, num_masks)
+                aux_losses = self._layer_losses(aux_outputs, targets, masks, num_masks)
                 losses.update({f"{name}_{i}": value for name, value in aux_losses.items()})
         return losses
 
@@ -251,6 +259,7 @@ class SetCriterion(nn.Module):
         self,
         outputs: Dict[str, torch.Tensor],
         targets: List[Dict[str, torch.Tensor]],
+        masks: Tuple[torch.Tensor, torch.Tensor],
         num_masks: float,
     ) -> Dict[str, torch.Tensor]:
         """Losses of one decoder layer's outputs (matching included)."""
@@ -259,7 +268,7 @@ class SetCriterion(nn.Module):
         if "labels" in self.losses:
             losses["loss_ce"] = self.loss_labels(outputs["pred_logits"], targets, indices)
         if "masks" in self.losses:
-            losses.update(self.loss_masks(outputs["pred_masks"], targets, indices, num_masks))
+            losses.update(self.loss_masks(outputs["pred_masks"], masks, indices, num_masks))
         return losses
 
     def loss_labels(
@@ -288,7 +297,7 @@ class SetCriterion(nn.Module):
     def loss_masks(
         self,
         pred_masks: torch.Tensor,
-        targets: List[Dict[str, torch.Tensor]],
+        masks: Tuple[torch.Tensor, torch.Tensor],
         indices: Indices,
         num_masks: float,
     ) -> Dict[str, torch.Tensor]:
@@ -297,7 +306,9 @@ class SetCriterion(nn.Module):
 
         Args:
             pred_masks (Tensor): mask logits of shape (B, Q, h, w).
-            targets, indices: as given to / returned by the matcher.
+            masks (Tensor, Tensor): the batch's target masks and the index of each image's
+                first one, from :func:`stack_target_masks`.
+            indices: as returned by the matcher.
             num_masks (float): normaliser, see :func:`average_num_masks`.
 
         Returns:
@@ -310,19 +321,17 @@ class SetCriterion(nn.Module):
             # No segment in the whole batch: zero losses that still belong to the graph.
             zero = pred_masks.sum() * 0.0
             return {"loss_mask": zero, "loss_dice": zero.clone()}
-        tgt = matched_target_masks(targets, indices).to(src)
+        target_masks, first = masks
+        tgt_idx = torch.cat([t.to(first.device) + first[b] for b, (_, t) in enumerate(indices)])
         if self.num_points > 0:
+            tgt = target_masks[tgt_idx.to(target_masks.device)].to(src)
             logits, labels = self._sample_points(src, tgt)
             return {
                 "loss_mask": sigmoid_bce_loss(logits, labels, num_masks),
                 "loss_dice": dice_loss(logits, labels, num_masks),
             }
-        src = F.interpolate(src[:, None], size=tgt.shape[-2:], mode="bilinear", align_corners=False)
-        logits, labels = src.flatten(1), tgt.flatten(1)
-        return {
-            "loss_mask": sigmoid_focal_loss(logits, labels, num_masks),
-            "loss_dice": dice_loss(logits, labels, num_masks),
-        }
+        focal, dice = sigmoid_focal_dice_loss(src, target_masks, tgt_idx)
+        return {"loss_mask": focal.sum() / num_masks, "loss_dice": dice.sum() / num_masks}
 
     def _sample_points(
         self, src: torch.Tensor, tgt: torch.Tensor
@@ -355,25 +364,44 @@ class SetCriterion(nn.Module):
         )
 
 
-def matched_target_masks(
-    targets: Sequence[Dict[str, torch.Tensor]], indices: Indices
-) -> torch.Tensor:
+def stack_target_masks(
+    targets: Sequence[Dict[str, torch.Tensor]], binary: bool
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """
-    Matched target masks of the whole batch, in the order of ``indices``, zero-padded at the
-    bottom/right to the largest target size (padding is background).
+    All target masks of the batch in one tensor, zero-padded at the bottom/right to the largest
+    target size (padding is background), built once per batch and indexed by every layer.
 
     Args:
-        targets (list[dict]): per-image ``"masks"`` of shape (N, H_i, W_i).
-        indices (list[(Tensor, Tensor)]): per-image (prediction, target) indices.
+        targets (list[dict]): per-image ``"masks"`` of shape (N_i, H_i, W_i), bool or float.
+        binary (bool): return bool masks (for the full-resolution losses); float masks must
+            then hold only 0 and 1. Otherwise bool masks stay bool and others become float.
 
     Returns:
-        Tensor: shape (M, H, W), H and W being the largest H_i, W_i; float.
+        (Tensor, Tensor): masks of shape (sum N_i, H, W), H and W being the largest H_i, W_i;
+        int64 (B,) index of each image's first mask in them.
     """
     height = max(t["masks"].shape[-2] for t in targets)
     width = max(t["masks"].shape[-1] for t in targets)
-    picked = []
-    for target, (_, tgt_idx) in zip(targets, indices):
-        masks = target["masks"][tgt_idx.to(target["masks"].device)].float()
-        pad = (0, width - masks.shape[-1], 0, height - masks.shape[-2])
-        picked.append(F.pad(masks, pad) if any(pad) else masks)
-    return torch.cat(picked)
+    masks = [_mask_dtype(t["masks"], binary) for t in targets]
+    if any(m.dtype != torch.bool for m in masks):
+        masks = [m.float() for m in masks]
+    sizes = torch.tensor([len(m) for m in masks])
+    first = torch.cumsum(sizes, 0) - sizes
+    if all(m.shape[-2:] == (height, width) for m in masks):
+        return (masks[0] if len(masks) == 1 else torch.cat(masks)), first
+    stacked = masks[0].new_zeros((int(sizes.sum()), height, width))
+    for m, start in zip(masks, first.tolist()):
+        stacked[start : start + len(m), : m.shape[-2], : m.shape[-1]] = m
+    return stacked, first
+
+
+def _mask_dtype(masks: torch.Tensor, binary: bool) -> torch.Tensor:
+    """``masks`` as bool if ``binary`` (rejecting values other than 0 and 1), else unchanged."""
+    if not binary or masks.dtype == torch.bool:
+        return masks
+    if masks.numel() and not bool(((masks == 0) | (masks == 1)).all()):
+        raise ValueError(
+            "SetCriterion: the full-resolution mask losses need binary target masks (0/1); "
+            "use point sampling (MODEL.MASK_FORMER.TRAIN_NUM_POINTS > 0) for soft targets"
+        )
+    return masks != 0

@@ -18,6 +18,7 @@ from mask_former.modeling.criterion import (
     dice_loss,
     sigmoid_bce_loss,
     sigmoid_focal_loss,
+    stack_target_masks,
 )
 from mask_former.modeling.matcher import HungarianMatcher
 
@@ -29,7 +30,10 @@ class FixedMatcher(torch.nn.Module):
 
     def __init__(self, indices):
         super().__init__()
-        self.indices = [(torch.tensor(p), torch.tensor(t)) for p, t in indices]
+        self.indices = [
+            (torch.tensor(p, dtype=torch.int64), torch.tensor(t, dtype=torch.int64))
+            for p, t in indices
+        ]
         self.calls = 0
 
     def forward(self, outputs, targets):
@@ -356,3 +360,64 @@ def test_losses_match_reference_fixture():
     for name, value in reference.items():
         weight = weights[name.split("_")[1]]
         assert losses[name].item() * weight == pytest.approx(value, rel=1e-4), name
+
+
+def _plain_mask_losses(pred_masks, targets, indices, num_masks):
+    """Full-resolution mask losses from the reference formulas through autograd: matched
+    predictions upsampled to the largest target size, targets zero-padded to it."""
+    height = max(t["masks"].shape[-2] for t in targets)
+    width = max(t["masks"].shape[-1] for t in targets)
+    logits, labels = [], []
+    for b, (pred_idx, tgt_idx) in enumerate(indices):
+        for q, n in zip(pred_idx.tolist(), tgt_idx.tolist()):
+            up = F.interpolate(pred_masks[b, q][None, None], (height, width), mode="bilinear")
+            mask = targets[b]["masks"][n].float()
+            logits.append(up.flatten())
+            labels.append(F.pad(mask, (0, width - mask.shape[1], 0, height - mask.shape[0])))
+    logits, labels = torch.stack(logits), torch.stack(labels).flatten(1)
+    return sigmoid_focal_loss(logits, labels, num_masks), dice_loss(logits, labels, num_masks)
+
+
+def test_full_resolution_gradients_equal_plain_autograd():
+    # Three images of different sizes (targets padded to 16 x 20) and one without segments;
+    # gradients w.r.t. pred_masks of the weighted losses must be those of the plain formulas.
+    gen = torch.Generator().manual_seed(7)
+    sizes, counts = [(12, 16), (16, 20), (16, 12), (12, 16)], [3, 2, 1, 0]
+    targets = [
+        {"labels": torch.arange(n) % 4, "masks": torch.rand(n, *hw, generator=gen) > 0.5}
+        for hw, n in zip(sizes, counts)
+    ]
+    pred_masks = (torch.randn(4, 5, 4, 5, generator=gen) * 3).requires_grad_()
+    outputs = {"pred_logits": torch.randn(4, 5, 5, generator=gen), "pred_masks": pred_masks}
+    indices = [([4, 0, 2], [1, 0, 2]), ([3, 1], [0, 1]), ([2], [0]), ([], [])]
+    crit = SetCriterion(4, FixedMatcher(indices), {}, 0.1, losses=("masks",))
+    losses = crit(outputs, targets)
+    (grad,) = torch.autograd.grad(20 * losses["loss_mask"] + losses["loss_dice"], pred_masks)
+    focal, dice = _plain_mask_losses(pred_masks, targets, crit.matcher.indices, 6.0)
+    (expected,) = torch.autograd.grad(20 * focal + dice, pred_masks)
+    assert losses["loss_mask"].item() == pytest.approx(focal.item(), rel=1e-5)
+    assert losses["loss_dice"].item() == pytest.approx(dice.item(), rel=1e-5)
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-9)
+    assert grad[3].abs().sum() == 0 and grad[0].abs().sum() > 0
+
+
+def test_stack_target_masks_pads_and_indexes():
+    small = torch.tensor([[[True, False], [False, True]]])
+    large = torch.zeros(2, 3, 2, dtype=torch.bool)
+    large[1, 2, 1] = True
+    empty = torch.zeros(0, 2, 2, dtype=torch.bool)
+    masks, first = stack_target_masks(
+        [{"masks": small}, {"masks": empty}, {"masks": large}], binary=True
+    )
+    assert masks.dtype == torch.bool and masks.shape == (3, 3, 2)
+    assert first.tolist() == [0, 1, 1]
+    assert masks[0, :2].equal(small[0]) and not masks[0, 2].any()
+    assert masks[1:].equal(large)
+    # Float 0/1 masks become bool for the full-resolution losses, and stay float otherwise.
+    masks, _ = stack_target_masks([{"masks": small.float()}], binary=True)
+    assert masks.dtype == torch.bool and masks.equal(small)
+    soft = torch.full((1, 2, 2), 0.5)
+    masks, _ = stack_target_masks([{"masks": soft}, {"masks": large}], binary=False)
+    assert masks.dtype == torch.float32 and masks[0, 0, 0] == 0.5
+    with pytest.raises(ValueError, match="binary target masks"):
+        stack_target_masks([{"masks": soft}], binary=True)

@@ -263,3 +263,31 @@ def _brute_force_min(cost: torch.Tensor) -> torch.Tensor:
         for queries in itertools.permutations(range(num_queries), num_targets)
     )
     return torch.as_tensor(best)
+
+
+@pytest.mark.parametrize(
+    "size, small", [((37, 53), (10, 13)), ((24, 32), (6, 8)), ((5, 9), (7, 4))]
+)
+def test_bool_masks_are_downsampled_like_float_ones(size, small):
+    # Bool masks are resampled as uint8, without a float copy at full resolution: the same
+    # pixels must be kept as by the float path, also for non-integer ratios.
+    gen = torch.Generator().manual_seed(6)
+    masks = torch.rand(3, *size, generator=gen) > 0.5
+    like = torch.zeros((), dtype=torch.float64)
+    got = matcher_mod._downsample(masks, small, like)
+    expected = torch.nn.functional.interpolate(masks[:, None].double(), small, mode="nearest")
+    assert got.dtype == torch.float64
+    assert got.equal(expected.flatten(1))
+    assert matcher_mod._downsample(masks.double(), small, like).equal(got)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_binary_cross_entropies_equal_softplus(dtype):
+    logits = torch.cat([torch.linspace(-30, 30, 601), torch.tensor([-1e3, -100.0, 100.0, 1e3])])
+    logits = logits.to(dtype)
+    bce_pos, bce_neg = matcher_mod._binary_cross_entropies(logits)
+    softplus = torch.nn.functional.softplus
+    # F.softplus returns x itself above 20, off by up to exp(-20) = 2.1e-9.
+    tol = {"rtol": 2e-6, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 3e-9}
+    torch.testing.assert_close(bce_pos, softplus(-logits), **tol)
+    torch.testing.assert_close(bce_neg, softplus(logits), **tol)
