@@ -17,7 +17,7 @@ pip install -q wheel
 if ! "$py" -c "import torch" 2>/dev/null; then
     pip install -q -r requirements/torch.txt
 fi
-pip install -q -r requirements/base.txt
+pip install -q -r requirements/base.txt -r requirements/interop.txt
 "$py" dev/install_detectron2.py
 pip install -q --no-deps --no-build-isolation -e .
 
