@@ -2,10 +2,14 @@
 """
 Train-time dataset mappers, registered in :data:`DATASET_MAPPER_REGISTRY` under the names
 used by ``INPUT.DATASET_MAPPER_NAME``; :func:`build_train_mapper` builds the configured one.
+:class:`MaskFormerTestDatasetMapper` maps evaluation inputs. Bad input raises the errors of
+:mod:`.errors`, whose messages name the file.
 """
 
 from .build import DATASET_MAPPER_REGISTRY, build_train_mapper, register_mapper
 from .detr_panoptic import DETRPanopticDatasetMapper
+from .errors import DataError, DataFileNotFoundError, ImageSizeMismatchError, MapperError
+from .evaluation import MaskFormerTestDatasetMapper
 from .panoptic import MaskFormerPanopticDatasetMapper
 from .semantic import MaskFormerSemanticDatasetMapper, build_mask_former_train_augmentations
 
@@ -17,4 +21,9 @@ __all__ = [
     "MaskFormerSemanticDatasetMapper",
     "MaskFormerPanopticDatasetMapper",
     "DETRPanopticDatasetMapper",
+    "MaskFormerTestDatasetMapper",
+    "DataError",
+    "DataFileNotFoundError",
+    "ImageSizeMismatchError",
+    "MapperError",
 ]

@@ -15,6 +15,7 @@ import torch
 from detectron2.config import CfgNode, configurable
 from detectron2.data import transforms as T
 
+from ..checks import check_num_classes
 from .build import register_mapper
 from .common import (
     check_segments,
@@ -24,19 +25,27 @@ from .common import (
     read_panoptic_rgb,
     rgb_to_ids,
 )
+from .errors import DataError, naming_the_record
 
 __all__ = ["DETRPanopticDatasetMapper"]
 
 logger = logging.getLogger(__name__)
+
+# The crop branch resizes the short side to 400, 500 or 600 with no limit in the original, which
+# turns a 3x2000 image into 400x266667 to 600x400000 before cropping (1.7 GB peak at 400). A
+# long side of at most 16 x 600 keeps the original's transforms for every image up to a 16:1
+# aspect ratio.
+CROP_RESIZE_MAX_SIZE = 16 * 600
 
 
 @register_mapper("detr_panoptic")
 class DETRPanopticDatasetMapper:
     """
     DETR's COCO panoptic recipe. Training: horizontal flip, then with probability 0.5 a
-    resize of the shortest edge to one of (400, 500, 600) followed by a random crop (when
-    INPUT.CROP.ENABLED), then the multi-scale resize of the shortest edge. No padding (the
-    model pads the batch). Evaluation: resize only, and annotations are dropped.
+    resize of the shortest edge to one of (400, 500, 600) (long side at most
+    ``CROP_RESIZE_MAX_SIZE``) followed by a random crop (when INPUT.CROP.ENABLED), then the
+    multi-scale resize of the shortest edge. No padding (the model pads the batch).
+    Evaluation: resize only, and annotations are dropped.
 
     As in the original, the panoptic PNG goes through the transforms as RGB (resized with
     PIL's nearest rule) and becomes segment ids afterwards.
@@ -93,9 +102,13 @@ class DETRPanopticDatasetMapper:
         crop = None
         if is_train and cfg.INPUT.CROP.ENABLED:
             crop = [
-                T.ResizeShortestEdge([400, 500, 600], sample_style="choice"),
+                T.ResizeShortestEdge(
+                    [400, 500, 600], max_size=CROP_RESIZE_MAX_SIZE, sample_style="choice"
+                ),
                 T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE),
             ]
+        datasets = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST
+        check_num_classes(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, datasets)
         return {
             "is_train": is_train,
             "augmentations": augs,
@@ -117,7 +130,7 @@ class DETRPanopticDatasetMapper:
         name = dataset_dict.get("file_name")
         for key in ("pan_seg_file_name", "segments_info"):
             if key not in dataset_dict:
-                raise ValueError(f"Panoptic record of {name!r} has no {key!r}.")
+                raise DataError(f"Panoptic record of {name!r} has no {key!r}.")
         pan_rgb = read_panoptic_rgb(dataset_dict, image.shape[:2])
         check_segments(
             rgb_to_ids(pan_rgb),
@@ -128,7 +141,11 @@ class DETRPanopticDatasetMapper:
         return pan_rgb
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
-        dataset_dict = copy.deepcopy(dataset_dict)
+        """Map one record (left unchanged); a bad file or record raises an error naming it."""
+        with naming_the_record(dataset_dict):
+            return self._map(copy.deepcopy(dataset_dict))
+
+    def _map(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         image = read_image(dataset_dict, self.image_format)
         pan_rgb = self._read_panoptic(dataset_dict, image) if self.is_train else None
         aug_input = T.AugInput(image)

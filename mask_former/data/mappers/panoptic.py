@@ -6,7 +6,6 @@ Shape shorthand in this module: H, W height and width after augmentation and pad
 N number of target masks (one per non-crowd segment).
 """
 
-import copy
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -25,6 +24,7 @@ from .common import (
     read_panoptic_rgb,
     rgb_to_ids,
 )
+from .errors import DataError
 from .semantic import IMAGE_PAD_VALUE, MaskFormerSemanticDatasetMapper
 
 __all__ = ["MaskFormerPanopticDatasetMapper"]
@@ -83,13 +83,13 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
     def _check_record(self, dataset_dict: Dict[str, Any]) -> None:
         name = dataset_dict.get("file_name")
         if "annotations" in dataset_dict:
-            raise ValueError(
+            raise DataError(
                 f"Record of {name!r} has 'annotations': the panoptic mapper reads only "
                 "'pan_seg_file_name' and 'segments_info'."
             )
         for key in ("pan_seg_file_name", "segments_info"):
             if key not in dataset_dict:
-                raise ValueError(f"Panoptic record of {name!r} has no {key!r}.")
+                raise DataError(f"Panoptic record of {name!r} has no {key!r}.")
 
     def _read_semantic(
         self, dataset_dict: Dict[str, Any], pan_ids: np.ndarray, image_shape: Tuple[int, int]
@@ -105,8 +105,7 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
             return semantic_from_panoptic(pan_ids, dataset_dict["segments_info"], self.ignore_label)
         return None
 
-    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
-        dataset_dict = copy.deepcopy(dataset_dict)
+    def _map(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         self._check_record(dataset_dict)
         image = read_image(dataset_dict, self.image_format)
         pan_rgb = read_panoptic_rgb(dataset_dict, image.shape[:2])

@@ -15,6 +15,7 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 
+from ..checks import check_num_classes
 from .build import register_mapper
 from .common import (
     check_label_range,
@@ -24,6 +25,7 @@ from .common import (
     read_label_map,
     semantic_instances,
 )
+from .errors import DataError, naming_the_record
 
 __all__ = ["MaskFormerSemanticDatasetMapper", "build_mask_former_train_augmentations"]
 
@@ -122,6 +124,7 @@ class MaskFormerSemanticDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> Dict[str, Any]:
+        check_num_classes(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, cfg.DATASETS.TRAIN)
         return {
             "is_train": is_train,
             "augmentations": build_mask_former_train_augmentations(cfg),
@@ -132,14 +135,23 @@ class MaskFormerSemanticDatasetMapper:
         }
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
-        dataset_dict = copy.deepcopy(dataset_dict)
+        """
+        Map one record (left unchanged). A bad file or record raises an error that names the
+        file (see :mod:`mask_former.data.mappers.errors`). A label map with only the ignore
+        label gives no targets: "instances" with N = 0, which the criterion trains on as
+        "no object" for every query.
+        """
+        with naming_the_record(dataset_dict):
+            return self._map(copy.deepcopy(dataset_dict))
+
+    def _map(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         if "annotations" in dataset_dict:
-            raise ValueError(
+            raise DataError(
                 f"Record of {dataset_dict.get('file_name')!r} has 'annotations': the semantic "
                 "mapper reads only 'sem_seg_file_name'."
             )
         if "sem_seg_file_name" not in dataset_dict:
-            raise ValueError(
+            raise DataError(
                 f"Record of {dataset_dict.get('file_name')!r} has no 'sem_seg_file_name'."
             )
         image = read_image(dataset_dict, self.image_format)
