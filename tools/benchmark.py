@@ -26,6 +26,14 @@ maximum relative difference of each loss).
 Usage:
     python tools/benchmark.py [--full] [--threads 2] [--device cpu|cuda]
         [--dtype float32|bfloat16|float16] [--baseline CHECKOUT] [--json PATH] [--rows ...]
+
+Examples (from the repository root)::
+
+    make bench                                    # quick mode
+    .venv/bin/python tools/benchmark.py --full
+    git worktree add ../mf-baseline <commit>      # side by side with an older version
+    .venv/bin/python tools/benchmark.py --baseline ../mf-baseline --rows peak inference train
+    .venv/bin/python tools/benchmark.py --device cuda --dtype bfloat16
 """
 
 import argparse

@@ -80,15 +80,25 @@ def _sides(entry: Dict) -> bool:
     return "baseline" in entry
 
 
-def _failures(entries: List[Dict]) -> List[str]:
-    """One note per failed run of a case: which case, which checkout, the last error line."""
-    return [
-        f"{entry['case']['name']} {entry['case']['height']}x{entry['case']['width']}: "
-        f"{tag} failed: {entry[tag]['error']}"
-        for entry in entries
-        for tag in ("current", "baseline")
-        if "error" in entry.get(tag, {})
-    ]
+def _notes(entries: List[Dict]) -> List[str]:
+    """
+    One note per failed run of a case (the last error line) and per run that did not load
+    every shared weight (the checkouts' parameter names differ).
+    """
+    notes = []
+    for entry in entries:
+        name = f"{entry['case']['name']} {entry['case']['height']}x{entry['case']['width']}"
+        for tag in ("current", "baseline"):
+            result = entry.get(tag, {})
+            weights = result.get("weights") or {}
+            if "error" in result:
+                notes.append(f"{name}: {tag} failed: {result['error']}")
+            elif weights.get("missing") or weights.get("unexpected"):
+                notes.append(
+                    f"{name}: {tag} loaded the shared weights with {weights['missing']} missing "
+                    f"and {weights['unexpected']} unexpected keys (its own random init for those)"
+                )
+    return notes
 
 
 def peaks_table(peaks: List[Dict], env: Dict) -> str:
@@ -125,7 +135,7 @@ def inference_table(entries: List[Dict], env: Dict) -> str:
                 ]
             rows.append(row)
     title = "Inference latency (peak MiB: of the case's process, all its batch sizes)"
-    return markdown(title, env, header, rows, _failures(entries))
+    return markdown(title, env, header, rows, _notes(entries))
 
 
 def _best_peak(peaks: Optional[List[Dict]], dtype: str) -> Optional[float]:
@@ -204,7 +214,7 @@ def train_table(entries: List[Dict], env: Dict) -> str:
         f"Training iteration (forward + backward), batch {case['batch']} at "
         f"{case['height']}x{case['width']} (peak MiB: of the case's process)"
     )
-    return markdown(title, env, header, rows, _failures(entries))
+    return markdown(title, env, header, rows, _notes(entries))
 
 
 def matcher_table(entries: List[Dict], env: Dict) -> str:

@@ -193,7 +193,7 @@ def bench_mapper(names: Dict[str, str], num_images: int, seed: int = 0) -> Dict:
 def bench_evaluation(names: Dict[str, str], device: str, dtype: str, rounds: int) -> List[Dict]:
     """
     Images per second of inference on shapes val (randomly initialised shapes model, test
-    loader of the config), without and with the project's evaluators.
+    loader of the config), without and with the project's evaluators, after an untimed pass.
     """
     from detectron2.modeling import build_model
 
@@ -203,6 +203,9 @@ def bench_evaluation(names: Dict[str, str], device: str, dtype: str, rounds: int
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     loader = Trainer.build_test_loader(cfg, names["val"])
+    # Warm-up: one untimed pass, so that every image size has been seen (on the 2-core dev VM
+    # the first pass over shapes val ran up to 10x slower than later ones).
+    _timed_inference(model, loader, None, device, dtype)
     entries = []
     with tempfile.TemporaryDirectory(prefix="benchmark-eval-") as out:
         for with_evaluators in (False, True):
