@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.projects.point_rend.point_features import point_sample
+from detectron2.utils.events import get_event_storage
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
@@ -137,11 +138,25 @@ def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return 1 - (numerator + 1) / (denominator + 1)
 
 
+def _count_non_finite(count: int) -> None:
+    """Add ``count`` to the scalar "matcher/non_finite_costs" of the open event storage."""
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # not inside a trainer: nothing to count into
+        return
+    # Summed over the decoder layers and images of the iteration; 0 is never written, so the
+    # scalar appears in metrics.json exactly from the iteration where predictions went bad.
+    history = storage.latest().get("matcher/non_finite_costs")
+    previous = history[0] if history is not None and history[1] == storage.iter else 0
+    storage.put_scalar("matcher/non_finite_costs", previous + count, smoothing_hint=False)
+
+
 def sanitize_cost_matrix(cost: torch.Tensor) -> torch.Tensor:
     """
     Replace non-finite entries (NaN, +-inf, e.g. from a diverging prediction) by
     ``NON_FINITE_COST`` so that the assignment solver never fails; logs a warning the first
-    time it happens in the process.
+    time it happens in the process and counts the entries in the event storage
+    ("matcher/non_finite_costs") of every iteration where it happens.
 
     Args:
         cost (Tensor): cost matrix of shape (Q, N).
@@ -154,6 +169,7 @@ def sanitize_cost_matrix(cost: torch.Tensor) -> torch.Tensor:
     finite = torch.isfinite(cost)
     if bool(finite.all()):
         return cost
+    _count_non_finite(int((~finite).sum()))
     if not _warned_non_finite:
         _warned_non_finite = True
         logger.warning(
