@@ -44,6 +44,7 @@ __all__ = [
     "dice_loss",
     "point_uncertainty",
     "average_num_masks",
+    "average_over_workers",
     "stack_target_masks",
 ]
 
@@ -132,6 +133,22 @@ def point_uncertainty(logits: torch.Tensor) -> torch.Tensor:
         Tensor: shape (M, 1, P).
     """
     return -logits.abs()
+
+
+def _is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def average_over_workers(value: torch.Tensor) -> torch.Tensor:
+    """
+    The mean of a scalar over all workers (detached; the value itself without distribution),
+    clamped away from 0: a normaliser shared by every worker.
+    """
+    value = value.detach().clone().reshape(1)
+    if _is_distributed():
+        dist.all_reduce(value)
+        value = value / dist.get_world_size()
+    return value.clamp(min=torch.finfo(value.dtype).tiny)[0]
 
 
 def average_num_masks(targets: Sequence[Dict[str, torch.Tensor]], device: torch.device) -> float:
@@ -292,7 +309,14 @@ class SetCriterion(nn.Module):
             target_classes[b, pred_idx.to(logits.device)] = target["labels"][tgt_idx].to(
                 logits.device
             )
-        return F.cross_entropy(logits.transpose(1, 2), target_classes, weight=self.empty_weight)
+        logits = logits.transpose(1, 2)
+        if not _is_distributed():
+            return F.cross_entropy(logits, target_classes, weight=self.empty_weight)
+        # The weighted mean over the queries of ALL workers (not the mean of the workers' means,
+        # which weighs a worker's queries by its own weight sum): the same loss and gradients as
+        # one process with the whole batch, whatever each worker's share of matches.
+        total = F.cross_entropy(logits, target_classes, weight=self.empty_weight, reduction="sum")
+        return total / average_over_workers(self.empty_weight[target_classes].sum())
 
     def loss_masks(
         self,
