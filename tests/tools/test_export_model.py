@@ -1,0 +1,137 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+tools/export_model.py: tiny MaskFormers exported to ONNX and run in onnxruntime match PyTorch
+at image sizes that are not multiples of 32 (the graph pads), for the Swin backbone with the
+base pixel decoder and for a ResNet with the transformer-encoder pixel decoder.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import build_model
+from tools_testing import load_script
+
+from mask_former.export import raw_mask_logits
+from mask_former.modeling.inference import semantic_inference
+from tests.modeling.model_testing import random_images, tiny_resnet_cfg, tiny_swin_cfg
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+# Image sizes of the comparisons: neither is a multiple of 32, nor the traced size.
+SIZES = [(45, 77), (100, 61)]
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def export_model():
+    return load_script("tools/export_model.py")
+
+
+def _session(path) -> "ort.InferenceSession":
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # tiny graphs: threads would only contend for the CPU
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def swin_export(export_model, tmp_path_factory):
+    """The tiny Swin model exported (semantic output, (3, H, W) input) with ``export``."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("swin") / "model.onnx"
+    wrapper = export_model.export(tiny_swin_cfg(), str(path))
+    return path, wrapper.model
+
+
+@pytest.fixture(scope="module")
+def resnet_raw_export(export_model, tmp_path_factory):
+    """
+    The tiny ResNet model, saved as a checkpoint and exported by the command line with raw
+    outputs and a (1, 3, H, W) input, loading the checkpoint through MODEL.WEIGHTS.
+    """
+    folder = tmp_path_factory.mktemp("resnet")
+    torch.manual_seed(1)
+    cfg = tiny_resnet_cfg()
+    model = build_model(cfg).eval()
+    torch.save({"model": model.state_dict()}, folder / "model.pth")
+    (folder / "config.yaml").write_text(cfg.dump())
+    args = ["--config-file", str(folder / "config.yaml"), "--output", str(folder / "m.onnx")]
+    args += ["--raw-outputs", "--batched", "--opts", "MODEL.WEIGHTS", str(folder / "model.pth")]
+    assert export_model.main(args) == 0  # includes the tool's own onnxruntime verification
+    return folder / "m.onnx", model
+
+
+def test_semantic_graph_matches_pytorch_at_two_sizes(swin_export):
+    path, model = swin_export
+    session = _session(path)
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == ["sem_seg"]
+    for image in random_images(SIZES, seed=3):
+        (got,) = session.run(None, {"image": image.numpy()})
+        with torch.no_grad():
+            expected = model([{"image": image}])[0]["sem_seg"].numpy()
+        assert got.shape == expected.shape == (4,) + tuple(image.shape[1:])
+        np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
+
+
+def test_raw_graph_matches_pytorch_at_two_sizes(resnet_raw_export):
+    path, model = resnet_raw_export
+    session = _session(path)
+    assert [o.name for o in session.get_outputs()] == ["pred_logits", "pred_masks"]
+    for image in random_images(SIZES, seed=4):
+        pred_logits, pred_masks = session.run(None, {"image": image[None].numpy()})
+        with torch.no_grad():
+            outputs = model.predict(model.preprocess_image([{"image": image}]).tensor)
+            expected_sem_seg = model([{"image": image}])[0]["sem_seg"]
+        np.testing.assert_allclose(pred_logits, outputs["pred_logits"][0], rtol=0, atol=ATOL)
+        np.testing.assert_allclose(pred_masks, outputs["pred_masks"][0], rtol=0, atol=ATOL)
+        # Post-processing in Python from the raw outputs gives the model's results.
+        masks = raw_mask_logits(torch.from_numpy(pred_masks), image.shape[1:], 32)
+        sem_seg = semantic_inference(torch.from_numpy(pred_logits), masks)
+        torch.testing.assert_close(sem_seg, expected_sem_seg, rtol=0, atol=ATOL)
+
+
+def test_metadata_and_restored_model(swin_export):
+    path, model = swin_export
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props["input_format"] == "BGR"
+    assert props["size_divisibility"] == "32"
+    assert props["outputs"] == "sem_seg"
+    # The export computes the last decoder layer only; the model keeps deep supervision.
+    assert model.sem_seg_head.predictor.aux_loss
+    assert not model.training
+
+
+def test_onnx_latency(export_model, swin_export):
+    path, _ = swin_export
+    seconds = export_model.onnx_latency(str(path), 50, 70, warmup=1, repeats=3, threads=1)
+    assert len(seconds) == 3 and all(s > 0 for s in seconds)
+
+
+def test_floor_division_of_sizes_rounds_down(tmp_path):
+    from mask_former.export import _floor_division_for_onnx
+
+    class PaddedWindows(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(-(-x.shape[1] // 7) * 7)  # the Swin padded-grid arithmetic
+
+    path = str(tmp_path / "fd.onnx")
+    with _floor_division_for_onnx(17):
+        torch.onnx.export(
+            PaddedWindows(), (torch.zeros(1, 6),), path, dynamo=False, opset_version=17,
+            input_names=["x"], dynamic_axes={"x": {1: "n"}},
+        )  # fmt: skip
+    session = _session(path)
+    for n in (6, 7, 13):
+        (out,) = session.run(None, {"x": np.zeros((1, n), np.float32)})
+        assert out.shape == (-(-n // 7) * 7,)
+
+
+def test_missing_onnxruntime_is_a_clear_error(export_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(export_model.MissingPackageError, match="needs the 'onnxruntime' package"):
+        export_model.import_onnx_packages()
+    # The command line stops before reading the config.
+    assert export_model.main(["--config-file", "missing.yaml", "--output", "unused.onnx"]) == 2
