@@ -1,0 +1,499 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+The dataset doctor: checks a registered dataset's files and metadata before training, and
+counts its classes. ``tools/check_dataset.py`` prints the report; :func:`check_dataset` gives
+it as a :class:`DatasetReport`.
+
+What it checks, for the records of the dataset's loader and the folders of its metadata:
+
+- the metadata: class names (``stuff_classes``; ``thing_classes``, an error only for panoptic
+  data), ``ignore_label``, colours, ``evaluator_type``, and for panoptic data the two category
+  id maps (contiguous ids 0..K-1, things in the thing map) against the JSON's categories;
+- every image, label map and panoptic PNG exists and decodes; label maps have one channel and
+  their image's size (upright per EXIF, as the mappers read images); label values are classes
+  [0, K) or the ignore label;
+- semantic folders (``image_root`` / ``sem_seg_root`` of a ``load_sem_seg`` dataset): every
+  image has its label map and every label map its image, since detectron2's ``load_sem_seg``
+  silently keeps only the names found in both (and pairs files by sorted order when the
+  counts agree);
+- panoptic PNGs against the JSON's ``segments_info``: each listed segment is in the PNG (with
+  its ``area``), each non-zero PNG id is listed, ids are unique and categories in range;
+- the other splits of the dataset (the same name with train/val/test swapped): an absent one
+  is a warning, so a datasets root may hold only the split being checked.
+
+Shape shorthand: H, W image height and width; K classes.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from collections import Counter
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image, UnidentifiedImageError
+
+from .checks import dataset_num_classes
+
+__all__ = ["ERROR", "WARNING", "Issue", "DatasetReport", "check_dataset", "sibling_splits"]
+
+ERROR, WARNING = "error", "warning"
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_SPLIT_WORDS = ("train", "val", "test", "training", "validation", "trainval", "minival")
+# Metadata keys that name a file or folder of ground truth or images.
+_PATH_KEYS = ("image_root", "sem_seg_root", "panoptic_root", "panoptic_json", "image_dir", "gt_dir")
+_EXIF_ORIENTATION = 0x0112
+_TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+@dataclasses.dataclass(frozen=True)
+class Issue:
+    """One finding: ``severity`` ERROR or WARNING, a short ``kind``, and a ``detail`` that
+    names the file (or metadata key) concerned."""
+
+    severity: str
+    kind: str
+    detail: str
+
+
+@dataclasses.dataclass
+class DatasetReport:
+    """
+    The findings on one dataset and its class counts.
+
+    Attributes:
+        pixels, images, segments: contiguous class id -> labelled pixels, images in which
+            the class occurs, and panoptic segments (None for semantic data).
+        ignore_pixels: pixels with the ignore label (or VOID in a panoptic PNG).
+    """
+
+    name: str
+    evaluator_type: Optional[str] = None
+    paths: Dict[str, str] = dataclasses.field(default_factory=dict)
+    num_records: int = 0
+    num_checked: int = 0
+    class_names: List[str] = dataclasses.field(default_factory=list)
+    thing_ids: Set[int] = dataclasses.field(default_factory=set)
+    issues: List[Issue] = dataclasses.field(default_factory=list)
+    pixels: Counter = dataclasses.field(default_factory=Counter)
+    images: Counter = dataclasses.field(default_factory=Counter)
+    segments: Optional[Counter] = None
+    ignore_pixels: int = 0
+
+    def add(self, severity: str, kind: str, detail: str) -> None:
+        self.issues.append(Issue(severity, kind, detail))
+
+    def add_listed(self, severity: str, kind: str, detail: str, items: List) -> None:
+        """One finding listing ``items`` (the first 10) after ``detail``, if there are any."""
+        if items:
+            more = f" and {len(items) - 10} more" if len(items) > 10 else ""
+            self.add(severity, kind, f"{detail}: {items[:10]}{more}")
+
+    @property
+    def errors(self) -> List[Issue]:
+        return [i for i in self.issues if i.severity == ERROR]
+
+    @property
+    def warnings(self) -> List[Issue]:
+        return [i for i in self.issues if i.severity == WARNING]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata
+
+
+def sibling_splits(name: str, registered: Iterable[str]) -> List[str]:
+    """The registered names that differ from ``name`` only in split words (train, val, ...)."""
+
+    def key(n: str) -> Tuple[str, ...]:
+        return tuple("*" if part in _SPLIT_WORDS else part for part in n.split("_"))
+
+    return sorted(n for n in registered if n != name and key(n) == key(name) and "*" in key(n))
+
+
+def _check_siblings(report: DatasetReport) -> None:
+    for sibling in sibling_splits(report.name, DatasetCatalog.list()):
+        meta = MetadataCatalog.get(sibling).as_dict()
+        absent = [f"{k} {meta[k]}" for k in _PATH_KEYS if k in meta and not os.path.exists(meta[k])]
+        if absent:
+            report.add(
+                WARNING,
+                "other split absent",
+                f"{sibling}: {absent[0]} does not exist (fine unless you train or evaluate on it)",
+            )
+
+
+def _check_classes(report: DatasetReport, meta: Dict[str, Any], panoptic: bool) -> None:
+    found = dataset_num_classes(report.name)
+    if found is None:
+        report.add(ERROR, "metadata", "neither 'stuff_classes' nor 'thing_classes' is set")
+        return
+    report.class_names = list(meta.get("stuff_classes") or meta["thing_classes"])
+    k = len(report.class_names)
+    duplicates = [n for n, c in Counter(report.class_names).items() if c > 1]
+    if duplicates:
+        report.add(WARNING, "metadata", f"class names occur more than once: {duplicates}")
+    if "thing_classes" not in meta and panoptic:
+        report.add(ERROR, "metadata", "no 'thing_classes' (panoptic drawings name things by it)")
+    elif "thing_classes" not in meta:
+        report.add(WARNING, "metadata", "no 'thing_classes' (fine for semantic segmentation)")
+    for key in ("stuff_colors", "thing_colors"):
+        names = meta.get(key.replace("colors", "classes"))
+        if key in meta and names is not None and len(meta[key]) != len(names):
+            report.add(WARNING, "metadata", f"{key} has {len(meta[key])} colours for {len(names)}")
+    ignore = meta.get("ignore_label")
+    if ignore is None:
+        report.add(ERROR, "metadata", "no 'ignore_label' (the mappers and SemSegEvaluator need it)")
+    elif 0 <= int(ignore) < k:
+        report.add(ERROR, "metadata", f"ignore_label {ignore} is also a class id (0..{k - 1})")
+    if meta.get("evaluator_type") is None:
+        report.add(WARNING, "metadata", "no 'evaluator_type': train_net.py cannot evaluate it")
+
+
+def _check_id_maps(report: DatasetReport, meta: Dict[str, Any]) -> None:
+    """The two dataset-id -> contiguous-id maps of panoptic data: contiguous 0..K-1."""
+    things = meta.get("thing_dataset_id_to_contiguous_id")
+    stuff = meta.get("stuff_dataset_id_to_contiguous_id")
+    if things is None or stuff is None:
+        report.add(ERROR, "metadata", "panoptic data needs both *_dataset_id_to_contiguous_id maps")
+        return
+    report.thing_ids = set(things.values())
+    k = len(report.class_names)
+    for dataset_id in set(things) & set(stuff):
+        if things[dataset_id] != stuff[dataset_id]:
+            report.add(ERROR, "metadata", f"category {dataset_id} maps to two contiguous ids")
+    contiguous, expected = Counter({**stuff, **things}.values()), set(range(k))
+    error = functools.partial(report.add_listed, ERROR, "metadata")
+    error(f"contiguous ids 0..{k - 1} that no category has", sorted(expected - set(contiguous)))
+    error(f"contiguous ids outside 0..{k - 1}", sorted(set(contiguous) - expected))
+    error("contiguous ids of several categories", [c for c, n in contiguous.items() if n > 1])
+    names = meta.get("thing_classes", [])
+    if report.thing_ids and max(report.thing_ids) >= len(names):
+        report.add(
+            ERROR, "metadata", f"thing ids go up to {max(report.thing_ids)}: {len(names)} names"
+        )
+
+
+def _check_json_categories(report: DatasetReport, meta: Dict[str, Any], data: Dict) -> None:
+    things = meta.get("thing_dataset_id_to_contiguous_id") or {}
+    stuff = meta.get("stuff_dataset_id_to_contiguous_id") or {}
+    for cat in data.get("categories", []):
+        where = f"category {cat.get('id')} ({cat.get('name')!r}) of {meta['panoptic_json']}"
+        if cat["id"] not in things and cat["id"] not in stuff:
+            report.add(ERROR, "metadata", f"{where} is in neither id map")
+            continue
+        if "isthing" in cat and bool(cat["isthing"]) != (cat["id"] in things):
+            report.add(
+                ERROR, "metadata", f"{where}: isthing {cat['isthing']} but the maps disagree"
+            )
+        index = things.get(cat["id"], stuff.get(cat["id"]))
+        if index < len(report.class_names) and report.class_names[index] != cat.get("name"):
+            name = report.class_names[index]
+            report.add(WARNING, "metadata", f"{where} is named {name!r} in the metadata")
+
+
+def _check_panoptic_json(report: DatasetReport, meta: Dict[str, Any]) -> None:
+    path = meta["panoptic_json"]
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        report.add(ERROR, "panoptic JSON", f"{path}: cannot be read ({e})")
+        return
+    _check_json_categories(report, meta, data)
+    image_ids = {img["id"] for img in data.get("images", [])}
+    annotated = [ann["image_id"] for ann in data.get("annotations", [])]
+    warn = functools.partial(report.add_listed, WARNING, "panoptic JSON")
+    warn(f"{path}: annotations of no image (image_id)", sorted(set(annotated) - image_ids, key=str))
+    warn(f"{path}: images without annotation (id)", sorted(image_ids - set(annotated), key=str))
+    twice = [i for i, n in Counter(annotated).items() if n > 1]
+    report.add_listed(ERROR, "panoptic JSON", f"{path}: image_ids annotated twice", twice)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _open(report: DatasetReport, path: str, what: str) -> Optional[Image.Image]:
+    """The decoded image of ``path``, or None with an error naming it."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise ValueError("empty file (0 bytes)")
+        image = Image.open(path)
+        image.load()
+        return image
+    except FileNotFoundError:
+        report.add(ERROR, "missing file", f"{what} {path} does not exist")
+    except UnidentifiedImageError:
+        report.add(ERROR, "unreadable file", f"{what} {path} is not an image (unknown format)")
+    except Exception as e:  # Pillow reports bad data as OSError, SyntaxError, ValueError, ...
+        report.add(ERROR, "unreadable file", f"{what} {path} is truncated or corrupt ({e})")
+    return None
+
+
+def _upright_size(image: Image.Image) -> Tuple[int, int]:
+    """(H, W) of ``image`` once turned upright per its EXIF orientation, as the mappers read it."""
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # a malformed EXIF block: read as stored
+        orientation = None
+    w, h = image.size
+    return (w, h) if orientation in _TURNED else (h, w)
+
+
+def _check_image(report: DatasetReport, record: Dict[str, Any]) -> Optional[Tuple[int, int]]:
+    """The upright (H, W) of the record's image, or None if it cannot be read."""
+    image = _open(report, record["file_name"], "image")
+    if image is None:
+        return None
+    size = _upright_size(image)
+    if "height" in record and "width" in record and (record["height"], record["width"]) != size:
+        report.add(
+            ERROR,
+            "size mismatch",
+            f"image {record['file_name']} is {size[1]}x{size[0]} (WxH) but its record says "
+            f"{record['width']}x{record['height']}",
+        )
+    return size
+
+
+def _name(names: Sequence[str], class_id: int) -> str:
+    return names[class_id] if 0 <= class_id < len(names) else f"class {class_id}"
+
+
+def _size_matches(report: DatasetReport, path: str, shape, image_path: str, size) -> bool:
+    if size is None or tuple(shape[:2]) == tuple(size):
+        return True
+    report.add(
+        ERROR,
+        "size mismatch",
+        f"{path} is {shape[1]}x{shape[0]} (WxH) but its image {image_path} is {size[1]}x{size[0]}",
+    )
+    return False
+
+
+def _check_sem_seg(report: DatasetReport, record: Dict, size, ignore) -> None:
+    path = record["sem_seg_file_name"]
+    image = _open(report, path, "label map")
+    if image is None:
+        return
+    labels = np.asarray(image)
+    if labels.ndim != 2:
+        report.add(ERROR, "label format", f"label map {path} has shape {labels.shape}: one channel")
+        return
+    if not _size_matches(report, path, labels.shape, record["file_name"], size):
+        return
+    values, pixels = np.unique(labels, return_counts=True)
+    k = len(report.class_names)
+    report.add_listed(
+        ERROR,
+        "label out of range",
+        f"label map {path} has values outside the classes [0, {k}) and not the ignore label "
+        f"{ignore}",
+        [int(v) for v in values if not 0 <= v < k and v != ignore],
+    )
+    for value, n in zip(values.tolist(), pixels.tolist()):
+        if value == ignore:
+            report.ignore_pixels += n
+        elif 0 <= value < k:
+            report.pixels[value] += n
+            report.images[value] += 1
+
+
+def _check_pan_seg(report: DatasetReport, record: Dict, size) -> None:
+    path = record["pan_seg_file_name"]
+    image = _open(report, path, "panoptic PNG")
+    if image is None:
+        return
+    rgb = np.asarray(image.convert("RGB")).astype(np.int64)
+    if not _size_matches(report, path, rgb.shape, record["file_name"], size):
+        return
+    ids, pixels = np.unique(
+        rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2], return_counts=True
+    )
+    area = dict(zip(ids.tolist(), pixels.tolist()))
+    segments = record.get("segments_info", [])
+    listed = Counter(s["id"] for s in segments)
+    names = report.class_names
+    error = functools.partial(report.add_listed, ERROR, "panoptic mismatch")
+    error(f"{path}: segment ids listed twice", [i for i, n in listed.items() if n > 1])
+    absent = [s for s in segments if s["id"] not in area]
+    error(
+        f"{path}: JSON segments not in the PNG",
+        [f"{s['id']} ({_name(names, s['category_id'])})" for s in absent],
+    )
+    error(
+        f"{path}: PNG ids the JSON does not list", [i for i in area if i != 0 and i not in listed]
+    )
+    wrong = [
+        s["id"]
+        for s in segments
+        if s["id"] in area and s.get("area", area[s["id"]]) != area[s["id"]]
+    ]
+    report.add_listed(WARNING, "panoptic area", f"{path}: JSON area differs from the PNG", wrong)
+    _count_segments(report, path, segments, area, semantic="sem_seg_file_name" in record)
+
+
+def _count_segments(report: DatasetReport, path, segments, area, semantic: bool) -> None:
+    """Segments per class; pixels and images too unless a semantic label map counts them."""
+    k = len(report.class_names)
+    report.segments = report.segments if report.segments is not None else Counter()
+    seen = set()
+    for s in segments:
+        category = s["category_id"]
+        if not 0 <= category < k:
+            report.add(
+                ERROR, "label out of range", f"{path}: segment {s['id']} has class {category}"
+            )
+            continue
+        report.segments[category] += 1
+        if not semantic:
+            report.pixels[category] += area.get(s["id"], 0)
+            seen.add(category)
+    if not semantic:
+        report.ignore_pixels += area.get(0, 0)
+        report.images.update(seen)
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders
+
+
+def _files_by_stem(folder: str, ext: str) -> Dict[str, str]:
+    return {
+        os.path.splitext(f)[0]: os.path.join(folder, f)
+        for f in sorted(os.listdir(folder))
+        if f.endswith(ext) and os.path.isfile(os.path.join(folder, f))
+    }
+
+
+def _ext(records: List[Dict], field: str, default: str) -> str:
+    return os.path.splitext(records[0][field])[1] if records else default
+
+
+def _check_semantic_folders(report: DatasetReport, meta: Dict, records: List[Dict]) -> List[Dict]:
+    """
+    Images without label maps (an error: load_sem_seg drops them silently) and label maps
+    without images in the folders of a ``load_sem_seg`` dataset.
+
+    Returns:
+        the records that pair each image with the label map of its name (what the files
+        mean; load_sem_seg pairs them by sorted order when the counts agree), to check.
+    """
+    image_root, gt_root = meta["image_root"], meta["sem_seg_root"]
+    if not (os.path.isdir(image_root) and os.path.isdir(gt_root)):
+        return records
+    images = _files_by_stem(image_root, _ext(records, "file_name", ".jpg"))
+    labels = _files_by_stem(gt_root, _ext(records, "sem_seg_file_name", ".png"))
+    for stem in sorted(set(images) - set(labels)):
+        report.add(
+            ERROR,
+            "image without label",
+            f"{images[stem]} has no label map in {gt_root} (detectron2's load_sem_seg drops it "
+            "without a word)",
+        )
+    for stem in sorted(set(labels) - set(images)):
+        report.add(WARNING, "label without image", f"{labels[stem]} has no image in {image_root}")
+    stem = lambda path: os.path.splitext(os.path.basename(path))[0]  # noqa: E731
+    mispaired = [r for r in records if stem(r["file_name"]) != stem(r["sem_seg_file_name"])]
+    if mispaired:
+        report.add(
+            ERROR,
+            "image/label pairing",
+            f"load_sem_seg pairs {len(mispaired)} of {len(records)} images with the label map of "
+            f"another name, e.g. {mispaired[0]['file_name']} with "
+            f"{mispaired[0]['sem_seg_file_name']} (it pairs by sorted order when the counts "
+            "agree); the doctor checks the files paired by name",
+        )
+    return [
+        {"file_name": images[s], "sem_seg_file_name": labels[s]}
+        for s in sorted(set(images) & set(labels))
+    ]
+
+
+def _check_panoptic_folders(report: DatasetReport, meta: Dict, records: List[Dict]) -> None:
+    """Images and PNGs in the dataset's folders that no record uses."""
+    for key, field in (("image_root", "file_name"), ("panoptic_root", "pan_seg_file_name")):
+        folder = meta.get(key)
+        if folder is None or not os.path.isdir(folder):
+            continue
+        used = {os.path.normpath(r[field]) for r in records if field in r}
+        for f in sorted(os.listdir(folder)):
+            path = os.path.join(folder, f)
+            if f.lower().endswith(_IMAGE_EXTENSIONS) and os.path.normpath(path) not in used:
+                report.add(
+                    WARNING, "unused file", f"{path} is in no record of {meta['panoptic_json']}"
+                )
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole check
+
+
+def _load_records(report: DatasetReport) -> List[Dict[str, Any]]:
+    try:
+        records = DatasetCatalog.get(report.name)
+    except Exception as e:  # the loader's own error (missing folder, bad JSON, assert, ...)
+        report.add(ERROR, "loader failed", f"{type(e).__name__}: {e}")
+        return []
+    if not records:
+        report.add(ERROR, "loader failed", "the loader returned no records")
+    return list(records)
+
+
+def _check_paths(report: DatasetReport, meta: Dict[str, Any]) -> None:
+    report.paths = {k: meta[k] for k in _PATH_KEYS if k in meta}
+    for key, path in report.paths.items():
+        if not os.path.exists(path):
+            report.add(ERROR, "missing file", f"metadata {key} {path} does not exist")
+
+
+def check_dataset(
+    name: str,
+    *,
+    max_images: Optional[int] = None,
+    progress: Optional[Callable[[Iterable], Iterable]] = None,
+) -> DatasetReport:
+    """
+    Check the registered dataset ``name`` (see the module docstring).
+
+    Args:
+        max_images: check the files of only the first N records (folders and metadata are
+            still checked in full).
+        progress: wraps the iteration over records (e.g. ``tqdm.tqdm``), or None.
+
+    Raises:
+        KeyError: ``name`` is not registered.
+    """
+    if name not in DatasetCatalog.list():
+        raise KeyError(name)
+    meta = MetadataCatalog.get(name).as_dict()
+    report = DatasetReport(name, meta.get("evaluator_type"))
+    _check_paths(report, meta)
+    records = _load_records(report)
+    report.num_records = len(records)
+    panoptic = "panoptic_json" in meta or any("pan_seg_file_name" in r for r in records[:1])
+    _check_classes(report, meta, panoptic)
+    if panoptic:
+        _check_id_maps(report, meta)
+        if "panoptic_json" in meta and os.path.isfile(meta["panoptic_json"]):
+            _check_panoptic_json(report, meta)
+            _check_panoptic_folders(report, meta, records)
+    elif "image_root" in meta and "sem_seg_root" in meta:
+        records = _check_semantic_folders(report, meta, records)
+    _check_siblings(report)
+    if report.class_names:
+        _check_files(report, records[:max_images], meta.get("ignore_label"), progress)
+    return report
+
+
+def _check_files(report: DatasetReport, records: Sequence[Dict], ignore, progress) -> None:
+    for record in progress(records) if progress else records:
+        size = _check_image(report, record)
+        if "sem_seg_file_name" in record:
+            _check_sem_seg(report, record, size, ignore)
+        if "pan_seg_file_name" in record:
+            _check_pan_seg(report, record, size)
+    report.num_checked = len(records)

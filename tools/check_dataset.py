@@ -1,0 +1,229 @@
+#!/usr/bin/env python
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+The dataset doctor: check a registered dataset before training on it.
+
+Usage:
+    python tools/check_dataset.py --dataset ade20k_sem_seg_val
+    python tools/check_dataset.py --config-file configs/ade20k-150/maskformer_R50_bs16_160k.yaml
+    python tools/check_dataset.py --register my_datasets.py --dataset my_dataset_sem_seg_val
+
+It checks that every file exists and decodes, that every image has its label map (detectron2's
+``load_sem_seg`` silently drops images whose label is missing: they are named here), that image
+and label sizes agree, that label values are classes or the ignore label, that panoptic JSON
+and PNGs agree, and that the category metadata is complete; then prints a class-frequency table
+(see mask_former/data/doctor.py). With ``--config-file`` it checks every dataset of
+DATASETS.TRAIN and DATASETS.TEST, and MODEL.SEM_SEG_HEAD.NUM_CLASSES against each.
+
+Exit status: 0 no errors (warnings, such as another split of the dataset being absent, are
+fine), 1 errors, 2 usage error or unknown dataset.
+"""
+
+import argparse
+import difflib
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from typing import List, Optional, Set
+
+from detectron2.data import DatasetCatalog
+
+import mask_former  # noqa: F401  (registers the datasets)
+from mask_former.config import get_mask_former_cfg
+from mask_former.data.checks import check_num_classes
+from mask_former.data.doctor import ERROR, DatasetReport, check_dataset
+
+logger = logging.getLogger("mask_former.check_dataset")
+_NAME_WIDTH = 24  # longer class names are cut in the table
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[1].strip().splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Exit status: 0 no errors (warnings only), 1 errors, 2 usage or unknown dataset.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", nargs="+", metavar="NAME", help="registered dataset names")
+    source.add_argument(
+        "--config-file", metavar="FILE", help="check DATASETS.TRAIN and DATASETS.TEST of a config"
+    )
+    parser.add_argument(
+        "--register",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="a Python module (my_project.datasets) or file (my_datasets.py) that registers "
+        "datasets, imported first; may be repeated",
+    )
+    parser.add_argument(
+        "--max-images", type=int, default=None, metavar="N", help="check the files of N records"
+    )
+    parser.add_argument(
+        "--max-listed",
+        type=int,
+        default=50,
+        metavar="N",
+        help="list at most N findings of each kind (0: all; default 50)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs"
+    )
+    return parser
+
+
+def import_registration(target: str) -> None:
+    """Import a module by name (from the current folder too, as ``python -m``) or a .py file."""
+    if target.endswith(".py") or os.sep in target:
+        name = os.path.splitext(os.path.basename(target))[0]
+        spec = importlib.util.spec_from_file_location(name, target)
+        if spec is None or not os.path.isfile(target):
+            raise FileNotFoundError(f"--register {target!r}: no such file")
+        folder = os.path.dirname(os.path.abspath(target))
+        if folder not in sys.path:  # so that it imports the modules beside it
+            sys.path.insert(0, folder)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    importlib.import_module(target)
+
+
+def _config_datasets(args: argparse.Namespace):
+    """The datasets of ``--config-file`` and its MODEL.SEM_SEG_HEAD.NUM_CLASSES."""
+    cfg = get_mask_former_cfg()
+    cfg.merge_from_file(args.config_file, allow_unsafe=False)
+    cfg.merge_from_list(args.opts)
+    names = list(dict.fromkeys(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)))
+    return names, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+
+
+def _listed(report: DatasetReport, severity: str, max_listed: int) -> List[str]:
+    lines, shown = [], {}
+    issues = [i for i in report.issues if i.severity == severity]
+    for issue in issues:
+        shown[issue.kind] = shown.get(issue.kind, 0) + 1
+        if max_listed <= 0 or shown[issue.kind] <= max_listed:
+            lines.append(f"  [{issue.kind}] {issue.detail}")
+    for kind, count in shown.items():
+        if 0 < max_listed < count:
+            lines.append(f"  [{kind}] ... and {count - max_listed} more")
+    title = "Errors" if severity == ERROR else "Warnings"
+    return [f"{title} ({len(issues)}):"] + lines if issues else []
+
+
+def _table(rows: List[List[str]], left: Set[int]) -> List[str]:
+    """Rows of cells as aligned lines: the columns ``left`` left-aligned, the others right."""
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return [
+        "  "
+        + "  ".join(
+            cell.ljust(w) if c in left else cell.rjust(w)
+            for c, (cell, w) in enumerate(zip(row, widths))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def format_class_table(report: DatasetReport) -> List[str]:
+    """Pixels, images (and panoptic segments) per class, and the ignored pixels."""
+    if not report.class_names or not report.num_checked:
+        return []
+    total = sum(report.pixels.values()) + report.ignore_pixels
+    share = lambda n: f"{100.0 * n / total:.1f}%" if total else "-"  # noqa: E731
+    header = ["id", "class"] + ["kind"] * bool(report.thing_ids) + ["pixels", "%", "images"]
+    rows = [header + ["segments"] * (report.segments is not None)]
+    for i, name in enumerate(report.class_names):
+        name = name if len(name) <= _NAME_WIDTH else name[: _NAME_WIDTH - 3] + "..."
+        row = [str(i), name] + (
+            ["thing" if i in report.thing_ids else "stuff"] if report.thing_ids else []
+        )
+        pixels = report.pixels.get(i, 0)
+        row += [f"{pixels:,}", share(pixels), str(report.images.get(i, 0))]
+        rows.append(row + ([str(report.segments.get(i, 0))] if report.segments is not None else []))
+    ignored = [f"{report.ignore_pixels:,}", share(report.ignore_pixels), ""]
+    rows.append(
+        ["", "(ignore)"]
+        + [""] * bool(report.thing_ids)
+        + ignored
+        + [""] * (len(rows[0]) - len(header))
+    )
+    lines = [f"Class frequency ({report.num_checked} images checked):"] + _table(
+        rows, left={1, 2} if report.thing_ids else {1}
+    )
+    absent = [n for i, n in enumerate(report.class_names) if not report.images.get(i)]
+    if absent:
+        lines.append(f"  Never labelled in these images: {', '.join(absent)}")
+    return lines
+
+
+def format_report(report: DatasetReport, max_listed: int = 50) -> str:
+    """The readable report of one dataset."""
+    kind = report.evaluator_type or "no evaluator_type"
+    lines = [f"== {report.name} ({kind}; {report.num_records} records) =="]
+    lines += [f"  {key}: {path}" for key, path in report.paths.items()]
+    lines += _listed(report, ERROR, max_listed) + _listed(report, "warning", max_listed)
+    lines += format_class_table(report)
+    verdict = "FAILED" if report.errors else "OK"
+    lines.append(f"{verdict}: {len(report.errors)} errors, {len(report.warnings)} warnings")
+    return "\n".join(lines)
+
+
+def _unknown(names: List[str]) -> List[str]:
+    registered = DatasetCatalog.list()
+    messages = []
+    for name in names:
+        if name not in registered:
+            close = difflib.get_close_matches(name, registered, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            messages.append(f"unknown dataset {name!r} (not registered){hint}")
+    return messages
+
+
+def run(names: List[str], args: argparse.Namespace, num_classes: Optional[int]) -> int:
+    """Check each dataset and print its report; returns the exit status."""
+    import tqdm
+
+    failed = 0
+    for name in names:
+        wrap = None if args.no_progress else lambda it, n=name: tqdm.tqdm(it, desc=n, leave=False)
+        report = check_dataset(name, max_images=args.max_images, progress=wrap)
+        if num_classes is not None:
+            try:
+                check_num_classes(num_classes, [name])
+            except ValueError as e:
+                report.add(ERROR, "config", str(e))
+        print(format_report(report, args.max_listed), flush=True)
+        print(flush=True)
+        failed += bool(report.errors)
+    if len(names) > 1:
+        print(f"{failed} of {len(names)} datasets have errors" if failed else "All datasets OK")
+    return 1 if failed else 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        for target in args.register:
+            import_registration(target)
+        names, num_classes = _config_datasets(args) if args.config_file else (args.dataset, None)
+    except (ImportError, FileNotFoundError, KeyError, ValueError, AssertionError) as e:
+        print(f"check_dataset.py: error: {e}", file=sys.stderr)
+        return 2
+    unknown = _unknown(names)
+    if unknown or not names:
+        for message in unknown or ["the config names no datasets"]:
+            print(f"check_dataset.py: error: {message}", file=sys.stderr)
+        return 2
+    return run(names, args, num_classes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
