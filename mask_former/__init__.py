@@ -19,6 +19,7 @@ from .data import (  # noqa: E402
 )
 from .engine import SemanticSegmentorWithTTA  # noqa: E402
 from .modeling import MaskFormer  # noqa: E402
+from .predictor import Predictor  # noqa: E402
 
 __all__ = [
     "add_mask_former_config",
@@ -28,5 +29,6 @@ __all__ = [
     "MaskFormerSemanticDatasetMapper",
     "MaskFormerPanopticDatasetMapper",
     "DETRPanopticDatasetMapper",
+    "Predictor",
 ]
 __version__ = "0.1.0"
