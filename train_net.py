@@ -13,9 +13,12 @@ recipe faster than two.
 Evaluate (``TEST.AUG.ENABLED True`` adds multi-scale + flip test-time augmentation):
     ./train_net.py --config-file <config.yaml> --eval-only MODEL.WEIGHTS /path/to/model_final.pth
 
-Resume the run in OUTPUT_DIR from its last checkpoint:
+Resume the run in OUTPUT_DIR from its last checkpoint (a killed run resumes exactly; see
+README.md, "Interruption and checkpoint safety"):
     ./train_net.py --config-file <config.yaml> --resume
 """
+
+import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser
@@ -23,6 +26,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import mask_former  # noqa: F401  (registers the model, heads, mappers and datasets)
+from mask_former.checkpoint import UntrustedCheckpointError
 from mask_former.engine import Trainer, launch, runs_on_cpu, setup
 
 
@@ -51,15 +55,18 @@ def main(args):
 
 def invoke_main() -> None:
     args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        use_cpu=runs_on_cpu(args),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            use_cpu=runs_on_cpu(args),
+        )
+    except UntrustedCheckpointError as e:  # a refused MODEL.WEIGHTS: one line, status 1
+        sys.exit(str(e))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mask_former import get_mask_former_cfg
+from mask_former.checkpoint import UntrustedCheckpointError
 from mask_former.utils import atomic_output_path, fall_back_to_cpu
 
 try:  # run as "python demo/demo.py": this folder is on sys.path
@@ -427,7 +428,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with VisualizationDemo(cfg, parallel=parallel, instance_threshold=threshold) as demo:
             return _run(demo, args, paths)
-    except DemoError as e:
+    except (DemoError, UntrustedCheckpointError) as e:  # a refused MODEL.WEIGHTS: one line
         logger.error("%s", e)
         return 1
 

@@ -10,19 +10,50 @@ a file. The rule is idempotent: keys already in the current layout are left alon
 
 The original MaskFormer's optimizer had one parameter group per parameter; this project's
 merges them into few groups. :class:`TrainingCheckpointer` resumes training from either.
+
+Checkpoint safety. Detectron2 loads ``.pkl`` files with :mod:`pickle`, which runs any code a file
+contains. Importing this module (``import mask_former`` does) replaces
+``DetectionCheckpointer._load_file`` by :func:`load_checkpoint_file`: ``.pkl`` files go through a
+restricted unpickler that builds only containers, numbers, strings, numpy arrays and tensors,
+``.pth``/``.pyth`` files through ``torch.load(weights_only=True)``; anything else is refused with
+:class:`UntrustedCheckpointError`, which names the file and the refused global. Setting the
+environment variable ``MASK_FORMER_TRUST_CHECKPOINTS=1`` allows full unpickling, for files the
+user trusts. The class is patched, rather than every project path routed through a checkpointer
+of its own, because detectron2's ``DefaultPredictor`` (the demo, its worker processes, users'
+scripts) builds a ``DetectionCheckpointer`` internally: patching it is the one place every path
+that loads ``MODEL.WEIGHTS`` passes.
+
+Interruption. :class:`TrainingCheckpointer` writes each checkpoint and ``last_checkpoint`` to a
+temporary file renamed over the destination, so a killed run leaves the previous ones intact; on
+resume, a ``last_checkpoint`` naming a missing or partial file is not trusted (the newest complete
+checkpoint is used), and temporary files of killed writes are removed.
 """
 
+import io
 import logging
-from typing import Any, Dict, Iterable, List, Optional
+import os
+import pickle
+import zipfile
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
 from torch import nn
 
+from .utils.atomic_io import atomic_write, remove_stale_temporaries
+
 __all__ = [
+    "TRUST_ENV",
+    "UntrustedCheckpointError",
+    "checkpoints_trusted",
+    "restricted_pickle_load",
+    "load_checkpoint_file",
+    "install_safe_loading",
     "upgrade_pixel_decoder_keys",
     "PixelDecoderLayoutUpgrade",
     "TrainingCheckpointer",
+    "is_partial_checkpoint",
     "nest_legacy_training_state",
     "saved_parameter_order",
     "regroup_optimizer_state",
@@ -31,6 +62,149 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+# Checkpoint safety ---------------------------------------------------------------------------
+
+TRUST_ENV = "MASK_FORMER_TRUST_CHECKPOINTS"
+
+# The globals a checkpoint of weights needs: numpy arrays and scalars (numpy < 2 and >= 2 module
+# names), ordered dicts, Python-2-era bytes (pickled as _codecs.encode), and tensors as pickled
+# by pickle.dump (tools/convert-pretrained-swin-model-to-d2.py writes those).
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # pickle protocol 5
+    ("numpy._core.numeric", "_frombuffer"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+}
+
+
+def _storage_from_bytes(data: bytes) -> Any:
+    # torch.storage._load_from_bytes, which a pickled tensor names, unpickles with
+    # weights_only=False; the storage is read here the safe way.
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+_REPLACED_GLOBALS: Dict[tuple, Callable] = {
+    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+}
+
+
+class UntrustedCheckpointError(pickle.UnpicklingError):
+    """A checkpoint needs more than plain data to unpickle; its message names file and global."""
+
+    def __init__(self, path: str, refused: str):
+        super().__init__(
+            f"Refused to load {path}: unpickling it would call {refused}, which a checkpoint of "
+            f"weights does not need. Only if you trust this file, set {TRUST_ENV}=1 to unpickle "
+            "it fully."
+        )
+        self.path, self.refused = path, refused
+
+
+def checkpoints_trusted() -> bool:
+    """Whether the user allowed full unpickling (``MASK_FORMER_TRUST_CHECKPOINTS=1``)."""
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Builds containers, numbers, strings, numpy arrays and tensors; refuses any other global."""
+
+    def __init__(self, file: Any, path: str):
+        super().__init__(file, encoding="latin1")  # latin1: Python-2-era numpy pickles
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _REPLACED_GLOBALS:
+            return _REPLACED_GLOBALS[module, name]
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise UntrustedCheckpointError(self._path, f"{module}.{name}")
+
+
+def restricted_pickle_load(path: str, trusted: bool = False) -> Any:
+    """Unpickle the file ``path`` with :class:`_RestrictedUnpickler` (``pickle`` if trusted)."""
+    with PathManager.open(path, "rb") as f:
+        if trusted:
+            return pickle.load(f, encoding="latin1")
+        return _RestrictedUnpickler(f, path).load()
+
+
+def _torch_load(path: str, trusted: bool) -> Any:
+    """``torch.load`` with ``weights_only`` unless trusted; a refusal names the globals."""
+    try:
+        with PathManager.open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as e:
+        if trusted:
+            raise
+        try:
+            refused = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # not a zip checkpoint: torch's message says what it found
+            refused = []
+        if not refused:
+            raise pickle.UnpicklingError(f"Cannot load {path}: {str(e).splitlines()[0]}") from e
+        raise UntrustedCheckpointError(path, ", ".join(refused)) from None
+
+
+def _detectron2_pkl_layout(data: Any, path: str) -> Dict:
+    """Detectron2's reading of a .pkl: model-zoo format, or Caffe2/Detectron1 blobs."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a dict of weights")
+    if "model" in data and "__author__" in data:
+        logger.info("Reading a file from '%s'", data["__author__"])
+        return data
+    data = data.get("blobs", data)  # detection models have "blobs", ImageNet models do not
+    data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+    return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
+
+def load_checkpoint_file(path: str, trusted: Optional[bool] = None) -> Dict:
+    """
+    Read a checkpoint the way ``DetectionCheckpointer._load_file`` does (.pkl model-zoo and
+    Caffe2 layouts, pycls .pyth, native .pth), but safely: see the module docstring.
+
+    Args:
+        path: a local file.
+        trusted: allow full unpickling; default: :func:`checkpoints_trusted`.
+    Raises:
+        UntrustedCheckpointError: the file needs a global beyond plain data.
+    """
+    trusted = checkpoints_trusted() if trusted is None else trusted
+    if path.endswith(".pkl"):
+        return _detectron2_pkl_layout(restricted_pickle_load(path, trusted), path)
+    loaded = _torch_load(path, trusted)
+    if path.endswith(".pyth"):  # pycls
+        if not isinstance(loaded, dict) or "model_state" not in loaded:
+            raise ValueError(f"Cannot load .pyth file {path}: pycls checkpoints hold 'model_state'")
+        state = {
+            k: v for k, v in loaded["model_state"].items() if not k.endswith("num_batches_tracked")
+        }
+        return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+    if not isinstance(loaded, dict) or "model" not in loaded:
+        loaded = {"model": loaded}
+    return loaded
+
+
+def _safe_load_file(self: DetectionCheckpointer, filename: str) -> Dict:
+    return load_checkpoint_file(filename)
+
+
+_safe_load_file._mask_former_safe = True
+
+
+def install_safe_loading() -> None:
+    """Make every ``DetectionCheckpointer`` read files with :func:`load_checkpoint_file`."""
+    if not getattr(DetectionCheckpointer._load_file, "_mask_former_safe", False):
+        DetectionCheckpointer._load_file = _safe_load_file
+
 
 # First components of the head's keys that are already in the current layout.
 _CURRENT_LAYOUT_CHILDREN = ("predictor", "pixel_decoder")
@@ -94,6 +268,27 @@ class PixelDecoderLayoutUpgrade(nn.Module):
 
 
 # Resuming training ---------------------------------------------------------------------------
+
+
+def is_partial_checkpoint(path: str) -> bool:
+    """
+    Whether ``path`` is empty or unreadable, or a ``torch.save`` zip archive without its end
+    (the central directory, written last) or its "data.pkl": an interrupted write. Files of the
+    legacy (non-zip) format are not judged here: unpickling one cut short fails by itself.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return True
+    if head != b"PK\x03\x04":
+        return not head
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return not any(n.split("/")[-1] == "data.pkl" for n in archive.namelist())
+    except zipfile.BadZipFile:
+        return True
+
 
 # The detectron2 hook whose state is the LR scheduler's.
 _SCHEDULER_HOOK = "LRScheduler"
@@ -221,10 +416,67 @@ class TrainingCheckpointer(DetectionCheckpointer):
       (:func:`fit_scheduler_state`) and keeps its iteration;
     * unless the optimizer state was loaded as saved, the learning rates then follow the
       scheduler (:func:`follow_scheduler`): hyper-parameters come from the config.
+
+    Checkpoints and ``last_checkpoint`` are written atomically (temporary file, then rename), and
+    resuming trusts ``last_checkpoint`` only if it names a complete file (see
+    :meth:`get_checkpoint_file`).
     """
 
     # Model state-dict keys of the file being loaded, in their saved order.
     _file_keys: List[str] = []
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """fvcore's ``save`` (model, checkpointables, ``kwargs``), written atomically."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        with atomic_write(path) as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Write ``last_checkpoint`` atomically: it names the old or the new file, never half."""
+        with atomic_write(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+            f.write(last_filename_basename)
+
+    def get_all_checkpoint_files(self) -> List[str]:
+        """The .pth files of ``save_dir``, without temporary files of unfinished writes."""
+        files = super().get_all_checkpoint_files()
+        return [p for p in files if not os.path.basename(p).startswith(".")]
+
+    def has_checkpoint(self) -> bool:
+        """Whether there is a complete checkpoint to resume from (see get_checkpoint_file)."""
+        return bool(self.get_checkpoint_file())
+
+    def get_checkpoint_file(self) -> str:
+        """
+        The file ``last_checkpoint`` names if it is complete; otherwise (a file written by a
+        non-atomic writer and cut short, or deleted) the newest complete checkpoint, with a
+        warning; "" if there is none. Temporary files of killed writes are removed first.
+        """
+        if not os.path.isfile(os.path.join(self.save_dir, "last_checkpoint")):
+            return ""
+        if self.save_to_disk:
+            for stale in remove_stale_temporaries(os.path.join(self.save_dir, "*.pth")):
+                logger.warning("Removed %s, left by a checkpoint write that was killed", stale)
+        named = super().get_checkpoint_file()
+        if os.path.isfile(named) and not is_partial_checkpoint(named):
+            return named
+        complete = [p for p in self.get_all_checkpoint_files() if not is_partial_checkpoint(p)]
+        fallback = max(complete, key=os.path.getmtime, default="")
+        logger.warning(
+            "last_checkpoint in %s names %s, which is missing or incomplete: using %s",
+            self.save_dir,
+            os.path.basename(named) or "nothing",
+            fallback or "no checkpoint",
+        )
+        return fallback
 
     def _load_file(self, filename: str) -> Dict:
         checkpoint = super()._load_file(filename)
@@ -295,3 +547,6 @@ class TrainingCheckpointer(DetectionCheckpointer):
             len(optimizer.param_groups),
         )
         return False
+
+
+install_safe_loading()  # see the module docstring

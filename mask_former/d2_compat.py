@@ -20,6 +20,10 @@ imported first, ``mask_former`` or ``detectron2``: ``mask_former/__init__.py`` i
 ``make setup`` puts a one-line ``.pth`` start-up file into the virtual environment that installs it
 in every interpreter of that environment. This module imports nothing outside the standard library
 at import time, so the start-up hook costs nothing for programs that never import detectron2.
+
+One more adaptation of detectron2 is made at import, for safety rather than compatibility, and
+lives with the other checkpoint code: ``mask_former.checkpoint`` (imported by ``import
+mask_former``) makes ``DetectionCheckpointer`` read files without running code from them.
 """
 
 import importlib.abc

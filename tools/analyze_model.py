@@ -40,6 +40,7 @@ from fvcore.nn import (
 from torch import nn
 
 from mask_former import get_mask_former_cfg
+from mask_former.checkpoint import UntrustedCheckpointError
 from mask_former.utils import fall_back_to_cpu
 
 logger = logging.getLogger("mask_former.analyze_model")
@@ -201,4 +202,7 @@ def main(argv: Optional[List[str]] = None) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except UntrustedCheckpointError as e:  # a refused MODEL.WEIGHTS: one line, status 1
+        sys.exit(str(e))

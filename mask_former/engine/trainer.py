@@ -1,29 +1,42 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
-"""``Trainer``: detectron2's DefaultTrainer with MaskFormer's data, optimizer and evaluation."""
+"""
+``Trainer``: detectron2's DefaultTrainer with MaskFormer's data, optimizer and evaluation, and a
+``--resume`` that continues an interrupted run exactly (see :class:`Trainer`).
+"""
 
 import logging
 import os
+import random
 import time
 import weakref
 from collections import OrderedDict
-from typing import Collection, Dict, Optional
+from typing import Any, Collection, Dict, List, Optional
 
+import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils import comm
+from detectron2.utils.events import (
+    CommonMetricPrinter,
+    EventStorage,
+    EventWriter,
+    TensorboardXWriter,
+)
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from ..checkpoint import TrainingCheckpointer
+from ..data.samplers import ResumableTrainingSampler, aspect_ratio_groups
 from ..utils import cpu as cpu_utils
 from .evaluation import build_evaluator
 from .optimizer import build_optimizer
 from .tta import SemanticSegmentorWithTTA
+from .writers import CheckpointAlignedWriter, MetricsJSONWriter
 
 __all__ = ["Trainer"]
 
@@ -106,6 +119,85 @@ def _step_trainer_class(cfg: CfgNode) -> type:
     )
 
 
+# Resuming exactly ------------------------------------------------------------------------------
+
+
+def _rng_state() -> Dict:
+    """The states of Python's, NumPy's and torch's global random generators (CUDA's if used)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        # As a tensor and numbers: torch.load(weights_only=True) reads those, not numpy arrays.
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict) -> None:
+    """Restore :func:`_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# Enough history for the median smoothing of the writers (window 20).
+_HISTORY_KEPT = 20
+
+
+def _history_tail(storage: Optional[EventStorage]) -> Dict[str, List[List[float]]]:
+    """The last values of each scalar of ``storage``, as [value, iteration] pairs."""
+    if storage is None:
+        return {}
+    return {
+        name: [[value, itr] for value, itr in buffer.values()[-_HISTORY_KEPT:]]
+        for name, buffer in storage.histories().items()
+    }
+
+
+def _find_resumable_sampler(loader: Any) -> Optional[ResumableTrainingSampler]:
+    """The sampler of a loader built by detectron2's ``build_batch_data_loader``, if resumable."""
+    for _ in range(4):  # DataLoader -> ToIterableDataset, or grouping -> DataLoader -> ...
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, ResumableTrainingSampler):
+            return sampler
+        loader = getattr(loader, "dataset", None)
+    return None
+
+
+def _seed_loaders_apart(loader: Any, seed: int) -> None:
+    """
+    Give the torch DataLoaders of ``loader`` a generator of their own (``seed``) for their
+    workers' base seed. A DataLoader draws it from torch's global generator when its iterator is
+    made, and with aspect-ratio grouping that happens at the first batch: in a resumed run, after
+    the random states are restored, where the uninterrupted run drew it at iteration 0.
+    """
+    for _ in range(4):
+        if isinstance(loader, torch.utils.data.DataLoader):
+            loader.generator = torch.Generator().manual_seed(seed)
+        loader = getattr(loader, "dataset", None)
+
+
+def _train_sampler(cfg: CfgNode, dataset: List[dict]) -> Optional[ResumableTrainingSampler]:
+    """The resumable form of DATALOADER.SAMPLER_TRAIN "TrainingSampler"; None for the others."""
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        return None
+    groups = aspect_ratio_groups(dataset) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
+    return ResumableTrainingSampler(
+        len(dataset),
+        batch_size=cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(),
+        # With grouping, records reach the batcher in stream order, with workers or not.
+        num_workers=0 if cfg.DATALOADER.ASPECT_RATIO_GROUPING else cfg.DATALOADER.NUM_WORKERS,
+        aspect_groups=groups,
+    )
+
+
 class Trainer(DefaultTrainer):
     """
     DefaultTrainer for MaskFormer: the train loader uses the mapper named by
@@ -115,6 +207,18 @@ class Trainer(DefaultTrainer):
     runs on the CPU, in one or several (gloo) processes. Checkpoints hold the optimizer state too,
     and ``resume_or_load`` also resumes output directories of the original MaskFormer (see
     :class:`mask_former.checkpoint.TrainingCheckpointer`).
+
+    Interruption: checkpoints also hold the random states (Python, NumPy, torch, CUDA) and the
+    seed of the data order. ``resume_or_load(resume=True)`` continues the sampler's stream after
+    the checkpoint's iteration (:class:`mask_former.data.samplers.ResumableTrainingSampler`),
+    restores the random states, and cuts ``metrics.json`` back to the checkpoint's iteration
+    (:class:`mask_former.engine.writers.MetricsJSONWriter`). The checkpoint hook runs after the
+    evaluation and metric writing of its iteration, so that a checkpoint is written only once
+    all of its iteration's results are on disk. In one process with DATALOADER.NUM_WORKERS 0,
+    a run killed and resumed any number of times ends with the weights of an uninterrupted run,
+    bit for bit, if the aspect-ratio buckets are empty at each checkpoint it resumes from (no
+    grouping, or images of one orientation); otherwise the batches are the same, but their
+    augmentations are drawn from other random states.
     """
 
     def __init__(self, cfg: CfgNode):
@@ -154,14 +258,24 @@ class Trainer(DefaultTrainer):
         """
         The iteration and hook (LR scheduler) states, and under "_trainer" those of the
         per-iteration trainer: optimizer and, with CUDA AMP, the grad scaler (detectron2 0.6 saves
-        no optimizer state; later versions use this layout).
+        no optimizer state; later versions use this layout); "rng": the random states; "data":
+        the seed of the training sampler; "storage": the recent values of each logged scalar (so
+        that smoothed metrics continue as they would have).
         """
         state = super().state_dict()
         state["_trainer"] = self._trainer.state_dict()
+        state["rng"] = _rng_state()
+        state["storage"] = _history_tail(getattr(self, "storage", None))
+        sampler = _find_resumable_sampler(self._trainer.data_loader)
+        if sampler is not None:
+            state["data"] = {"sampler_seed": sampler.seed}
         return state
 
     def load_state_dict(self, state: Dict) -> None:
-        """Load :meth:`state_dict`; the parts it lacks (older checkpoints) are left as they are."""
+        """
+        Load :meth:`state_dict`; the parts it lacks (older checkpoints) are left as they are. The
+        random states and the sampler seed are applied by :meth:`resume_or_load`.
+        """
         super().load_state_dict(state)
         inner = state.get("_trainer", {})
         if "optimizer" in inner:
@@ -169,6 +283,81 @@ class Trainer(DefaultTrainer):
         scaler = getattr(self._trainer, "grad_scaler", None)
         if scaler is not None and "grad_scaler" in inner:
             scaler.load_state_dict(inner["grad_scaler"])
+        self._resumed = {key: state[key] for key in ("rng", "data", "storage") if key in state}
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """
+        DefaultTrainer's (MODEL.WEIGHTS, or with ``resume`` OUTPUT_DIR's last checkpoint), and
+        on resume: the data order and random states continue from the checkpoint, and
+        ``metrics.json`` loses the lines of the iterations that run again.
+        """
+        self._resumed: Dict = {}
+        super().resume_or_load(resume=resume)
+        if not resume:
+            return
+        if self.start_iter > 0:
+            self._continue_data_and_randomness(self._resumed)
+        for writer in getattr(self, "_metrics_writers", []):
+            if isinstance(writer, MetricsJSONWriter):
+                writer.resume(self.start_iter)
+
+    def _continue_data_and_randomness(self, saved: Dict) -> None:
+        sampler = _find_resumable_sampler(self._trainer.data_loader)
+        if sampler is None:
+            logger.warning("The train loader's sampler cannot resume: it starts its stream again")
+        else:
+            if self.cfg.DATALOADER.ASPECT_RATIO_GROUPING and sampler.aspect_groups is None:
+                logger.warning(
+                    "DATALOADER.ASPECT_RATIO_GROUPING: the training records lack width/height, "
+                    "so the resumed stream skips iterations x batch size records: near, but not "
+                    "exactly, where grouped batching was"
+                )
+            sampler.resume(self.start_iter, saved.get("data", {}).get("sampler_seed"))
+            # A new iterator (and workers) reads the sampler's new position; it draws no random
+            # number from the states restored below.
+            _seed_loaders_apart(self._trainer.data_loader, sampler.seed + self.start_iter)
+            self._trainer._data_loader_iter = iter(self._trainer.data_loader)
+        if "rng" not in saved:
+            logger.warning("The checkpoint holds no random states: they are not restored")
+        elif comm.get_world_size() > 1:
+            logger.info("Random states are restored in a single-process run only")
+        else:
+            _set_rng_state(saved["rng"])
+
+    def before_train(self) -> None:
+        """Put the saved recent values of each scalar back into the new EventStorage."""
+        for name, values in getattr(self, "_resumed", {}).get("storage", {}).items():
+            for value, itr in values:
+                self.storage.histories()[name].update(value, itr)
+        super().before_train()
+
+    def build_hooks(self) -> List[hooks.HookBase]:
+        """
+        DefaultTrainer's hooks, with the checkpointer moved last and a writer that also writes at
+        every checkpoint: a checkpoint is saved after its iteration's evaluation and metrics.
+        """
+        built = super().build_hooks()
+        writers = [h for h in built if isinstance(h, hooks.PeriodicWriter)]
+        checkpointers = [h for h in built if isinstance(h, hooks.PeriodicCheckpointer)]
+        built = [h for h in built if h not in writers and h not in checkpointers]
+        self._metrics_writers: List[EventWriter] = []
+        for writer in writers:
+            aligned = CheckpointAlignedWriter(
+                writer._writers, writer._period, self.cfg.SOLVER.CHECKPOINT_PERIOD
+            )
+            self._metrics_writers += aligned.writers
+            built.append(aligned)
+        return built + checkpointers
+
+    def build_writers(self) -> List[EventWriter]:
+        """detectron2's default writers, with :class:`MetricsJSONWriter` for metrics.json."""
+        output_dir = self.cfg.OUTPUT_DIR
+        os.makedirs(output_dir, exist_ok=True)
+        return [
+            CommonMetricPrinter(self.max_iter),
+            MetricsJSONWriter(os.path.join(output_dir, "metrics.json")),
+            TensorboardXWriter(output_dir),
+        ]
 
     @classmethod
     def build_evaluator(
@@ -183,10 +372,24 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
+        """
+        detectron2's train loader with the mapper of INPUT.DATASET_MAPPER_NAME and, for
+        DATALOADER.SAMPLER_TRAIN "TrainingSampler", its resumable form (same stream).
+        """
         from ..data import build_train_mapper  # the data package registers datasets on import
 
-        # None: detectron2's DatasetMapper(cfg, is_train=True).
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        mapper = build_train_mapper(cfg)  # None: detectron2's DatasetMapper(cfg, is_train=True)
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+            if cfg.MODEL.KEYPOINT_ON
+            else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        return build_detection_train_loader(
+            cfg, mapper=mapper, dataset=dataset, sampler=_train_sampler(cfg, dataset)
+        )
 
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):

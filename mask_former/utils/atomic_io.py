@@ -5,15 +5,18 @@ Atomic file output: a result file either appears complete or not at all.
 Every writer goes to a temporary file in the destination's folder (same file system, so the
 final rename is atomic) and renames it over the destination only after the write succeeded.
 On any error the temporary file is deleted and the destination is left as it was, so an
-interrupted conversion never leaves a truncated checkpoint that would be loaded later.
+interrupted conversion never leaves a truncated checkpoint that would be loaded later. A process
+killed outright (SIGKILL, power loss) cannot delete its temporary file: it stays, hidden
+(``.<stem>.<random>.tmp<ext>``), until :func:`remove_stale_temporaries` is called for the path.
 """
 
 import contextlib
+import glob
 import os
 import tempfile
-from typing import IO, Iterator
+from typing import IO, Iterator, List
 
-__all__ = ["atomic_output_path", "atomic_write"]
+__all__ = ["atomic_output_path", "atomic_write", "remove_stale_temporaries"]
 
 
 def _current_umask() -> int:
@@ -70,3 +73,21 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+
+
+def remove_stale_temporaries(path: str) -> List[str]:
+    """
+    Delete the temporary files that writes of ``path`` left when their process was killed
+    before the rename; call it only while no other process writes ``path``.
+
+    Args:
+        path (str): the destination; its file name may be a glob pattern ("*.pth").
+    Returns:
+        the deleted files.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(name)
+    stale = sorted(glob.glob(os.path.join(glob.escape(folder), f".{stem}.*.tmp{ext}")))
+    for tmp in stale:
+        os.remove(tmp)
+    return stale

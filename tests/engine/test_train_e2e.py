@@ -4,161 +4,50 @@ End to end on a tiny shapes dataset (4 train / 2 val images): ``train_net.py`` t
 evaluation, ``--eval-only``, ``--resume``, and 2-process CPU (gloo) training.
 """
 
-import argparse
-import functools
-import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer
+from e2e_helpers import (
+    make_tiny_datasets,
+    read_metrics,
+    register_and_run,
+    tiny_cfg,
+    train_args,
+    write_cfg,
+)
 
 import train_net
 from mask_former.data import MaskFormerPanopticDatasetMapper
-from mask_former.data.datasets.common import load_panoptic_json, register_dataset
-from mask_former.data.datasets.shapes import shapes_metadata
-from mask_former.data.shapes import SHAPES_SPLITS, generate_split, shapes_dir
-from mask_former.engine import Trainer, get_mask_former_cfg, launch
+from mask_former.engine import Trainer, launch
 from mask_former.engine.trainer import BFloat16Trainer, _step_trainer_class
-
-PREFIX = "engine_e2e_"
-TRAIN, VAL = PREFIX + "shapes_panoptic_train", PREFIX + "shapes_panoptic_val"
-
-
-def _register_tiny_shapes(root: str) -> None:
-    """
-    Register the tiny panoptic shapes splits under ``root`` (in every process that needs them).
-    Registered directly rather than through ``register_shapes``, whose loaders would replace a
-    dataset of other split sizes by the full one.
-    """
-    base, meta = shapes_dir(root), shapes_metadata()
-    for name, split in ((TRAIN, "train"), (VAL, "val")):
-        panoptic_json = os.path.join(base, f"panoptic_{split}.json")
-        dirs = {key: os.path.join(base, key, split) for key in ("images", "panoptic", "sem_seg")}
-        loader = functools.partial(
-            load_panoptic_json,
-            panoptic_json,
-            dirs["images"],
-            dirs["panoptic"],
-            dirs["sem_seg"],
-            meta["thing_dataset_id_to_contiguous_id"],
-            meta["stuff_dataset_id_to_contiguous_id"],
-        )
-        register_dataset(
-            name,
-            loader,
-            {
-                **meta,
-                "image_root": dirs["images"],
-                "sem_seg_root": dirs["sem_seg"],
-                "panoptic_root": dirs["panoptic"],
-                "panoptic_json": panoptic_json,
-                "evaluator_type": "coco_panoptic_seg",
-            },
-        )
 
 
 @pytest.fixture(scope="module")
 def datasets_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("datasets"))
-    base = shapes_dir(root)
-    generate_split(base, "train", seed=SHAPES_SPLITS["train"][0], num_images=4)
-    generate_split(base, "val", seed=SHAPES_SPLITS["val"][0], num_images=2)
-    _register_tiny_shapes(root)
-    return root
-
-
-def _tiny_cfg(out_dir: str, **opts):
-    """A MaskFormer with a ResNet-18 and a 32-wide head on 64 px images, 2 iterations."""
-    cfg = get_mask_former_cfg()
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.META_ARCHITECTURE = "MaskFormer"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [123.7, 116.3, 103.5], [58.4, 57.1, 57.4]
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "FrozenBN"  # per-image: batch composition does not matter
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    head = cfg.MODEL.SEM_SEG_HEAD
-    head.NAME, head.NUM_CLASSES, head.IGNORE_VALUE = "MaskFormerHead", 6, 255
-    head.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    head.CONVS_DIM = head.MASK_DIM = 32
-    head.NORM = "GN"
-    mf = cfg.MODEL.MASK_FORMER
-    mf.HIDDEN_DIM, mf.NHEADS, mf.DIM_FEEDFORWARD, mf.DEC_LAYERS = 32, 2, 64, 2
-    mf.NUM_OBJECT_QUERIES, mf.DROPOUT = 8, 0.0
-    mf.TEST.PANOPTIC_ON = mf.TEST.SEMANTIC_ON = True
-    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (TRAIN,), (VAL,)
-    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_panoptic"
-    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (64,), 64
-    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 64
-    cfg.INPUT.CROP.ENABLED = False
-    cfg.INPUT.SIZE_DIVISIBILITY = 64
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER, cfg.SOLVER.BASE_LR = 2, 2, 1e-4
-    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
-    cfg.SOLVER.WARMUP_ITERS = 0
-    cfg.SOLVER.CHECKPOINT_PERIOD = 1000
-    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
-    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = "full_model", 0.01
-    cfg.TEST.EVAL_PERIOD = 0
-    cfg.SEED = 5
-    cfg.OUTPUT_DIR = out_dir
-    for key, value in opts.items():
-        cfg.merge_from_list([key, value])
-    return cfg
-
-
-def _args(config_file: str, *opts, eval_only=False, resume=False, num_gpus=1):
-    return argparse.Namespace(
-        config_file=config_file,
-        opts=list(opts),
-        eval_only=eval_only,
-        resume=resume,
-        num_gpus=num_gpus,
-        num_machines=1,
-        machine_rank=0,
-        dist_url="auto",
-    )
-
-
-def _write_cfg(cfg, path: Path) -> str:
-    path.write_text(cfg.dump())
-    return str(path)
-
-
-def _metrics(out_dir: str):
-    with open(os.path.join(out_dir, "metrics.json")) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _register_and_run(root: str, func, *args):
-    # Spawned processes start fresh: register the tiny dataset there too.
-    _register_tiny_shapes(root)
-    return func(*args)
+    return make_tiny_datasets(str(tmp_path_factory.mktemp("datasets")))
 
 
 def test_train_with_eval_then_eval_only_gives_the_same_metrics(datasets_root, tmp_path):
     out = str(tmp_path / "run")
-    config = _write_cfg(_tiny_cfg(out), tmp_path / "tiny.yaml")
-    trained = train_net.main(_args(config))
+    config = write_cfg(tiny_cfg(out), tmp_path / "tiny.yaml")
+    trained = train_net.main(train_args(config))
     assert set(trained) == {"sem_seg", "panoptic_seg"}
     semantic_keys = {"mIoU", "fwIoU", "mACC", "pACC", "IoU-circle", "IoU-blotches"}
     assert semantic_keys <= set(trained["sem_seg"])
     assert {"PQ", "SQ", "RQ", "PQ_th", "PQ_st"} <= set(trained["panoptic_seg"])
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
     # The same numbers were logged after the last iteration (storage iteration = MAX_ITER).
-    last = _metrics(out)[-1]
+    last = read_metrics(out)[-1]
     assert last["iteration"] == 2
     assert last["sem_seg/mIoU"] == pytest.approx(trained["sem_seg"]["mIoU"])
 
     weights = os.path.join(out, "model_final.pth")
     evaluated = train_net.main(
-        _args(
+        train_args(
             config,
             "MODEL.WEIGHTS",
             weights,
@@ -184,10 +73,10 @@ def test_train_with_eval_then_eval_only_gives_the_same_metrics(datasets_root, tm
 
 def test_resume_continues_at_the_next_iteration(datasets_root, tmp_path):
     out = str(tmp_path / "run")
-    cfg = _tiny_cfg(
+    cfg = tiny_cfg(
         out, **{"SOLVER.MAX_ITER": 4, "SOLVER.CHECKPOINT_PERIOD": 2, "DATASETS.TEST": "()"}
     )
-    train_net.main(_args(_write_cfg(cfg, tmp_path / "a.yaml")))
+    train_net.main(train_args(write_cfg(cfg, tmp_path / "a.yaml")))
     # Pretend the run was interrupted after its checkpoint of iteration 1 (iterations 0, 1).
     with open(os.path.join(out, "last_checkpoint"), "w") as f:
         f.write("model_0000001.pth")
@@ -208,17 +97,17 @@ def test_resume_continues_at_the_next_iteration(datasets_root, tmp_path):
     # The same through the command line.
     with open(os.path.join(out, "last_checkpoint"), "w") as f:
         f.write("model_0000001.pth")
-    train_net.main(_args(_write_cfg(cfg, tmp_path / "a.yaml"), resume=True))
+    train_net.main(train_args(write_cfg(cfg, tmp_path / "a.yaml"), resume=True))
     with open(os.path.join(out, "log.txt")) as f:
         assert "Starting training from iteration 2" in f.read()
 
 
 def test_two_cpu_processes_train_and_evaluate(datasets_root, tmp_path):
     out = str(tmp_path / "run")
-    config = _write_cfg(_tiny_cfg(out, **{"SOLVER.MAX_ITER": 3}), tmp_path / "tiny.yaml")
-    args = _args(config, num_gpus=2)
+    config = write_cfg(tiny_cfg(out, **{"SOLVER.MAX_ITER": 3}), tmp_path / "tiny.yaml")
+    args = train_args(config, num_gpus=2)
     launch(
-        _register_and_run,
+        register_and_run,
         2,
         dist_url="auto",
         args=(datasets_root, train_net.main, args),
@@ -227,7 +116,7 @@ def test_two_cpu_processes_train_and_evaluate(datasets_root, tmp_path):
     with open(os.path.join(out, "log.txt")) as f:
         log = f.read()
     assert "World size: 2" in log
-    last = _metrics(out)[-1]
+    last = read_metrics(out)[-1]
     assert last["iteration"] == 3  # the evaluation after the 3 iterations
     assert "panoptic_seg/PQ" in last and "sem_seg/mIoU" in last
 
@@ -271,17 +160,17 @@ def test_distributed_mask_losses_equal_single_process(datasets_root, tmp_path):
     results = {}
     for world_size in (1, 2):
         out = str(tmp_path / f"world{world_size}")
-        cfg = _tiny_cfg(
+        cfg = tiny_cfg(
             out, **{"SOLVER.IMS_PER_BATCH": 4, "SOLVER.MAX_ITER": 1, "DATASETS.TEST": "()"}
         )
         launch(
-            _register_and_run,
+            register_and_run,
             world_size,
             dist_url="auto",
             args=(datasets_root, _first_iteration, cfg),
             use_cpu=True,
         )
-        (record,) = _metrics(out)
+        (record,) = read_metrics(out)
         results[world_size] = record
     for key in ("loss_mask", "loss_dice", "loss_mask_0", "loss_dice_0"):
         assert results[2][key] == pytest.approx(results[1][key], abs=1e-5), key
@@ -291,7 +180,7 @@ def test_distributed_mask_losses_equal_single_process(datasets_root, tmp_path):
 def _first_iteration_losses(cfg):
     """The trainer after one fixed-order iteration, and that iteration's logged metrics."""
     trainer = _first_iteration(cfg)
-    (record,) = _metrics(cfg.OUTPUT_DIR)
+    (record,) = read_metrics(cfg.OUTPUT_DIR)
     return trainer, record
 
 
@@ -303,9 +192,9 @@ def test_amp_on_cpu_trains_in_bfloat16_with_float32_losses(datasets_root, tmp_pa
     (SOLVER.AMP.CPU_PRECISION), so the test means the same on CPUs without native bfloat16.
     """
     opts = {"SOLVER.IMS_PER_BATCH": 2, "SOLVER.MAX_ITER": 1, "DATASETS.TEST": "()"}
-    _, fp32 = _first_iteration_losses(_tiny_cfg(str(tmp_path / "fp32"), **opts))
+    _, fp32 = _first_iteration_losses(tiny_cfg(str(tmp_path / "fp32"), **opts))
     trainer, bf16 = _first_iteration_losses(
-        _tiny_cfg(
+        tiny_cfg(
             str(tmp_path / "bf16"),
             **opts,
             **{"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.CPU_PRECISION": "bfloat16"},
@@ -331,7 +220,7 @@ def test_amp_on_cpu_trains_in_bfloat16_with_float32_losses(datasets_root, tmp_pa
 
 
 def test_amp_without_a_mixed_precision_for_the_device_is_a_clear_error(tmp_path):
-    cfg = _tiny_cfg(str(tmp_path), **{"SOLVER.AMP.ENABLED": True, "MODEL.DEVICE": "mps"})
+    cfg = tiny_cfg(str(tmp_path), **{"SOLVER.AMP.ENABLED": True, "MODEL.DEVICE": "mps"})
     with pytest.raises(ValueError, match="no mixed precision for MODEL.DEVICE 'mps'"):
         _step_trainer_class(cfg)
     cfg.merge_from_list(["MODEL.DEVICE", "cuda:1"])
@@ -356,7 +245,7 @@ class _PoisonAtIteration(HookBase):
 
 def test_non_finite_loss_stops_before_weights_or_checkpoints_change(datasets_root, tmp_path):
     out = tmp_path / "nan"
-    cfg = _tiny_cfg(str(out), **{"SOLVER.MAX_ITER": 4, "SOLVER.CHECKPOINT_PERIOD": 1})
+    cfg = tiny_cfg(str(out), **{"SOLVER.MAX_ITER": 4, "SOLVER.CHECKPOINT_PERIOD": 1})
     trainer = Trainer(cfg)
     poison = _PoisonAtIteration(2)
     trainer.register_hooks([poison])
@@ -386,7 +275,7 @@ def test_check_finite_losses_names_each_bad_loss():
 
 def _last_losses_and_weights(out_dir: str):
     keys = ("total_loss", "loss_ce", "loss_mask", "loss_dice", "loss_ce_0")
-    (last,) = [row for row in _metrics(out_dir) if "total_loss" in row]
+    (last,) = [row for row in read_metrics(out_dir) if "total_loss" in row]
     weights = torch.load(os.path.join(out_dir, "model_final.pth"), map_location="cpu")["model"]
     return [last[k] for k in keys], weights
 
@@ -395,9 +284,9 @@ def test_fixed_seed_gives_identical_losses_and_is_logged(datasets_root, tmp_path
     runs = []
     for name, seed in (("a", 11), ("b", 11), ("c", 12)):
         out = str(tmp_path / name)
-        cfg = _tiny_cfg(out, **{"SOLVER.MAX_ITER": 3, "DATASETS.TEST": "()", "SEED": seed})
+        cfg = tiny_cfg(out, **{"SOLVER.MAX_ITER": 3, "DATASETS.TEST": "()", "SEED": seed})
         cfg.merge_from_list(["SOLVER.CLIP_GRADIENTS.ENABLED", False, "SOLVER.BASE_LR", 1e-3])
-        train_net.main(_args(_write_cfg(cfg, tmp_path / f"{name}.yaml")))
+        train_net.main(train_args(write_cfg(cfg, tmp_path / f"{name}.yaml")))
         runs.append(_last_losses_and_weights(out))
         with open(os.path.join(out, "log.txt")) as f:
             assert f"Seeded the random number generators with {seed}" in f.read()
