@@ -16,7 +16,7 @@ Einsum subscripts use ``q`` for predictions, ``n`` for targets and ``p`` for pix
 """
 
 import logging
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,11 @@ def float_outputs(outputs: Dict[str, object]) -> Dict[str, object]:
 
 
 def pairwise_sigmoid_focal_cost(
-    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    prob: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """
     Sigmoid focal loss of every prediction against every target, averaged over pixels.
@@ -74,18 +78,20 @@ def pairwise_sigmoid_focal_cost(
         targets (Tensor): binary target masks of shape (..., N, P), float.
         alpha (float): weight of the positive pixels (negatives get 1 - alpha); < 0 disables it.
         gamma (float): focusing exponent.
+        prob (Tensor): ``logits.sigmoid()`` if the caller has it already.
 
     Returns:
         Tensor: cost matrices of shape (..., Q, N).
     """
     num_pixels = logits.shape[-1]
-    prob = logits.sigmoid()
+    prob = logits.sigmoid() if prob is None else prob
+    # In place where possible: every (..., Q, P) temporary is a fresh allocation (page faults).
     bce_pos, bce_neg = _binary_cross_entropies(logits)
-    loss_pos = (1 - prob) ** gamma * bce_pos
-    loss_neg = prob**gamma * bce_neg
+    loss_pos = bce_pos.mul_((1 - prob).pow_(gamma))
+    loss_neg = bce_neg.mul_(prob**gamma)
     if alpha >= 0:
-        loss_pos = loss_pos * alpha
-        loss_neg = loss_neg * (1 - alpha)
+        loss_pos.mul_(alpha)
+        loss_neg.mul_(1 - alpha)
     cost = torch.einsum("...qp,...np->...qn", loss_pos, targets)
     cost = cost + torch.einsum("...qp,...np->...qn", loss_neg, 1 - targets)
     return cost / num_pixels
@@ -120,7 +126,9 @@ def pairwise_sigmoid_bce_cost(logits: torch.Tensor, targets: torch.Tensor) -> to
     return cost / num_points
 
 
-def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def pairwise_dice_cost(
+    logits: torch.Tensor, targets: torch.Tensor, prob: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """
     Dice loss ``1 - (2 sum(p t) + 1) / (sum(p) + sum(t) + 1)`` of every prediction against
     every target, with ``p = sigmoid(logits)`` (the +1 smooths empty masks).
@@ -128,11 +136,12 @@ def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     Args:
         logits (Tensor): predicted mask logits of shape (..., Q, P).
         targets (Tensor): target masks of shape (..., N, P), float.
+        prob (Tensor): ``logits.sigmoid()`` if the caller has it already.
 
     Returns:
         Tensor: cost matrices of shape (..., Q, N).
     """
-    prob = logits.sigmoid()
+    prob = logits.sigmoid() if prob is None else prob
     numerator = 2 * torch.einsum("...qp,...np->...qn", prob, targets)
     denominator = prob.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
     return 1 - (numerator + 1) / (denominator + 1)
@@ -290,9 +299,7 @@ class HungarianMatcher(nn.Module):
             if n:
                 labels[b, :n] = target["labels"].to(logits.device)
                 tgt_flat[b, :n] = _downsample(target["masks"], (h, w), masks)
-        cost = self._weighted_cost(
-            logits, masks.flatten(2), labels, tgt_flat, pairwise_sigmoid_focal_cost
-        ).cpu()
+        cost = self._weighted_cost(logits, masks.flatten(2), labels, tgt_flat, focal=True).cpu()
         return [cost[b, :, :n] for b, n in enumerate(sizes)]
 
     def cost_matrix(
@@ -316,13 +323,9 @@ class HungarianMatcher(nn.Module):
         """
         if self.num_points > 0:
             pred_flat, tgt_flat = self._sample_points(masks, tgt_masks.to(masks))
-            return self._weighted_cost(
-                logits, pred_flat, labels, tgt_flat, pairwise_sigmoid_bce_cost
-            )
+            return self._weighted_cost(logits, pred_flat, labels, tgt_flat, focal=False)
         tgt_flat = _downsample(tgt_masks, masks.shape[-2:], masks)
-        return self._weighted_cost(
-            logits, masks.flatten(1), labels, tgt_flat, pairwise_sigmoid_focal_cost
-        )
+        return self._weighted_cost(logits, masks.flatten(1), labels, tgt_flat, focal=True)
 
     def _weighted_cost(
         self,
@@ -330,21 +333,26 @@ class HungarianMatcher(nn.Module):
         pred_flat: torch.Tensor,
         labels: torch.Tensor,
         tgt_flat: torch.Tensor,
-        mask_cost: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        focal: bool,
     ) -> torch.Tensor:
         """
         ``cost_class * (-p(class)) + cost_mask * mask_cost + cost_dice * dice`` of logits
         (..., Q, K+1), mask logits (..., Q, P), labels (..., N) and targets (..., N, P); returns
-        (..., Q, N).
+        (..., Q, N). The mask cost is the sigmoid focal loss if ``focal``, else the sigmoid BCE.
         """
         # The "1 -" of 1 - p(class) is a constant per target and does not change the matching.
         prob = logits.softmax(-1)
         index = labels.unsqueeze(-2).expand(*prob.shape[:-1], labels.shape[-1])
         cost_class = -torch.gather(prob, -1, index)
+        mask_prob = pred_flat.sigmoid()
+        if focal:
+            mask_cost = pairwise_sigmoid_focal_cost(pred_flat, tgt_flat, prob=mask_prob)
+        else:
+            mask_cost = pairwise_sigmoid_bce_cost(pred_flat, tgt_flat)
         return (
-            self.cost_mask * mask_cost(pred_flat, tgt_flat)
+            self.cost_mask * mask_cost
             + self.cost_class * cost_class.to(pred_flat)
-            + self.cost_dice * pairwise_dice_cost(pred_flat, tgt_flat)
+            + self.cost_dice * pairwise_dice_cost(pred_flat, tgt_flat, prob=mask_prob)
         )
 
     def _sample_points(
