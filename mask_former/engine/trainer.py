@@ -15,7 +15,11 @@ from typing import Any, Collection, Dict, List, Optional
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluator
@@ -390,6 +394,18 @@ class Trainer(DefaultTrainer):
         return build_detection_train_loader(
             cfg, mapper=mapper, dataset=dataset, sampler=_train_sampler(cfg, dataset)
         )
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        """
+        detectron2's test loader with :class:`~mask_former.data.MaskFormerTestDatasetMapper`:
+        detectron2's evaluation input, but an unreadable image or label map is an error naming
+        the file, and the model's classes are checked against the dataset's.
+        """
+        from ..data import MaskFormerTestDatasetMapper
+
+        mapper = MaskFormerTestDatasetMapper(cfg, dataset_name=dataset_name)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):

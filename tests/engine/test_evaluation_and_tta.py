@@ -155,6 +155,7 @@ def test_trainer_test_fails_instead_of_skipping_the_dataset(tmp_path):
     name = _register("ade20k_panoptic_seg", records, **_panoptic_files(tmp_path))
     cfg = _cfg(panoptic_on=False, output_dir=str(tmp_path))
     cfg.DATASETS.TEST, cfg.DATALOADER.NUM_WORKERS = (name,), 0
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 2  # as the dataset: the test loader checks it first
     with pytest.raises(ValueError, match="PANOPTIC_ON"):
         Trainer.test(cfg, torch.nn.Identity())
 
