@@ -14,7 +14,9 @@ samples (``make bench`` runs the quick mode).
 5. evaluation on shapes val: inference, post-processing and the evaluators (images/s);
 6. the share of R50 inference (batch 1, 512x512 and 512x683) in the backbone, the pixel
    decoder, the transformer decoder and the pre/post-processing, with the FLOPs of each and the
-   achieved GFLOP/s against the peak measured here (a GEMM and a convolution).
+   achieved GFLOP/s against the peak measured here (a GEMM and a convolution);
+7. the R50 semantic model exported to ONNX (tools/export_model.py) in onnxruntime, beside the
+   same graph in PyTorch, one 512x512 image (CPU, float32 only).
 
 Rows 1, 2 and 6 run each case in a process of its own (so the peak RSS is the case's), with
 random weights drawn from a fixed seed and fixed inputs. ``--baseline CHECKOUT`` runs them also
@@ -56,6 +58,7 @@ from benchmark_report import (  # noqa: E402
     inference_table,
     mapper_table,
     matcher_table,
+    onnx_table,
     parts_table,
     peaks_table,
     train_table,
@@ -69,7 +72,7 @@ REPO = os.path.dirname(TOOLS)
 R50 = "configs/ade20k-150/maskformer_R50_bs16_160k.yaml"
 SWIN_T = "configs/ade20k-150/swin/maskformer_swin_tiny_bs16_160k.yaml"
 R50_PANOPTIC = "configs/coco-panoptic/maskformer_panoptic_R50_bs64_554k.yaml"
-ROWS = ("peak", "inference", "train", "matcher", "mapper", "evaluation")
+ROWS = ("peak", "inference", "train", "matcher", "mapper", "evaluation", "onnx")
 
 # Repeats per mode. Quick: under 10 minutes on 2 cores (a R50 image at 512x512 takes about
 # 4 s there, a training iteration 5-20 s); full: under 20 minutes.
@@ -83,6 +86,7 @@ MODES = {
         "mapper_images": 100,
         "eval_rounds": 1,
         "peak_repeats": 5,
+        "onnx_repeats": 3,
     },
     "full": {
         "warmup": 1,
@@ -93,6 +97,7 @@ MODES = {
         "mapper_images": 400,
         "eval_rounds": 2,
         "peak_repeats": 10,
+        "onnx_repeats": 5,
     },
 }
 
@@ -169,6 +174,12 @@ def run_local_rows(args: argparse.Namespace, mode: Dict, results: Dict) -> None:
     if "matcher" in args.rows:
         results["matcher"] = benchmark_rows.bench_matcher(args.device, mode["matcher_repeats"])
         print(matcher_table(results["matcher"], env), flush=True)
+        write_json(results, args.json)
+    if "onnx" in args.rows and args.device == "cpu" and args.dtype == "float32":
+        results["onnx"] = benchmark_rows.bench_onnx(
+            R50, (512, 512), args.threads, mode["onnx_repeats"], args.seed
+        )
+        print(onnx_table(results["onnx"], env), flush=True)
         write_json(results, args.json)
     if not {"mapper", "evaluation"} & set(args.rows):
         return

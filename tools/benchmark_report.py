@@ -246,3 +246,10 @@ def write_json(results: Dict, path: str) -> None:
     os.makedirs(folder, exist_ok=True)
     with atomic_write(path, "w") as f:
         json.dump(results, f, indent=1)
+
+
+def onnx_table(entries: List[Dict], env: Dict) -> str:
+    """Row 7: ONNX export latency in onnxruntime beside PyTorch's."""
+    rows = [[e["runtime"], "x".join(map(str, e["size"])), fmt_ms(e)] for e in entries]
+    title = "R50 semantic, one image: onnxruntime vs PyTorch (same weights and graph)"
+    return markdown(title, env, ["runtime", "size", "ms median (min-max)"], rows)

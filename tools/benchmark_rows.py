@@ -239,3 +239,27 @@ def _timed_inference(model, loader, evaluator, device: str, dtype: str) -> float
         inference_on_dataset(model, loader, evaluator)
     sync(device)
     return time.perf_counter() - start
+
+
+def bench_onnx(config: str, size: Tuple[int, int], threads: int, repeats: int, seed: int = 0):
+    """
+    Row 7: latency of one image through the ONNX export of ``config`` in onnxruntime (CPU,
+    ``threads`` intra-op threads) beside PyTorch's on the same seeded weights and size.
+    """
+    import export_model  # beside this script; imports onnx/onnxruntime only when called
+
+    cfg = export_model.setup_cfg(os.path.join(REPO, config), ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        wrapper = export_model.export(cfg, path)
+        onnx_s = export_model.onnx_latency(
+            path, *size, warmup=2, repeats=repeats, threads=threads, seed=seed
+        )
+    image = torch.rand((3, *size), generator=torch.Generator().manual_seed(seed)) * 255
+    with torch.no_grad():
+        torch_s = time_calls(lambda: wrapper(image), warmup=2, repeats=repeats, device="cpu")
+    return [
+        {"runtime": "PyTorch (export wrapper)", "size": list(size), **summarize(torch_s)},
+        {"runtime": "onnxruntime", "size": list(size), **summarize(onnx_s)},
+    ]
