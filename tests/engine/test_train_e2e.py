@@ -154,8 +154,10 @@ def _first_iteration(cfg) -> Trainer:
 def test_distributed_mask_losses_equal_single_process(datasets_root, tmp_path):
     """
     Images 0..3 in one process, or 0, 2 (rank 0) and 1, 3 (rank 1): loss_mask and loss_dice are
-    normalised by the number of masks averaged over processes, so the mean over processes (what
-    detectron2 logs) equals the 1-process value.
+    normalised by the number of masks averaged over processes and loss_ce by the class weights of
+    all processes' queries, so the mean over processes (what detectron2 logs) equals the
+    1-process value for every loss (tests/modeling/test_criterion_distributed.py checks the
+    gradients too).
     """
     results = {}
     for world_size in (1, 2):
@@ -172,7 +174,8 @@ def test_distributed_mask_losses_equal_single_process(datasets_root, tmp_path):
         )
         (record,) = read_metrics(out)
         results[world_size] = record
-    for key in ("loss_mask", "loss_dice", "loss_mask_0", "loss_dice_0"):
+    keys = ("loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_mask_0", "loss_dice_0")
+    for key in keys + ("total_loss",):
         assert results[2][key] == pytest.approx(results[1][key], abs=1e-5), key
     assert results[1]["loss_mask"] > 0 and results[1]["loss_dice"] > 0
 
