@@ -31,11 +31,13 @@ import tqdm
 from detectron2.config import CfgNode
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import VisImage
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mask_former import get_mask_former_cfg
 from mask_former.checkpoint import UntrustedCheckpointError
+from mask_former.predictor import UnreadableImageError as ImageFileError
+from mask_former.predictor import read_image_file
 from mask_former.utils import atomic_output_path, fall_back_to_cpu
 
 try:  # run as "python demo/demo.py": this folder is on sys.path
@@ -45,7 +47,6 @@ except ImportError:  # imported as demo.demo
 
 WINDOW_NAME = "MaskFormer"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 logger = logging.getLogger("mask_former.demo")
 
@@ -182,39 +183,19 @@ def expand_inputs(patterns: List[str]) -> List[str]:
     return paths
 
 
-def _to_bgr(image: Image.Image) -> np.ndarray:
-    """(H, W, 3) uint8 BGR; 16-bit (and 32-bit) grey levels are scaled to 8 bits."""
-    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
-        levels = np.asarray(image, dtype=np.float64)
-        if image.mode in _SIXTEEN_BIT_MODES or levels.max(initial=0) > 255:
-            levels = levels / 257.0  # 65535 -> 255
-        grey = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    # Palette, grey, CMYK, ...: to RGB; an alpha channel is dropped.
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
-
-
 def load_image(path: str) -> np.ndarray:
     """
-    Read an image as a BGR uint8 (H, W, 3) array, turned upright per its EXIF orientation.
+    Read an image as a BGR uint8 (H, W, 3) array, turned upright per its EXIF orientation
+    (16-bit grey scaled to 8 bits), with the reader the Python API uses.
 
     Raises:
         UnreadableImageError: naming the file and the reason (empty, not an image, truncated).
     """
     try:
-        if os.path.getsize(path) == 0:
-            raise UnreadableImageError(path, "empty file (0 bytes)")
-        with Image.open(path) as image:
-            image.load()
-            return _to_bgr(ImageOps.exif_transpose(image))
-    except UnreadableImageError:
-        raise
-    except UnidentifiedImageError:
-        raise UnreadableImageError(path, "not an image (unknown format)") from None
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        raise UnreadableImageError(path, e.strerror or type(e).__name__) from None
-    except Exception as e:  # Pillow reports bad data as OSError, SyntaxError, ValueError, ...
-        raise UnreadableImageError(path, f"truncated or corrupt ({e})") from None
+        rgb = read_image_file(path)
+    except ImageFileError as e:
+        raise UnreadableImageError(path, e.reason) from None
+    return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
 def drawing_names(paths: List[str]) -> List[str]:
