@@ -248,7 +248,8 @@ def bench_onnx(config: str, size: Tuple[int, int], threads: int, repeats: int, s
     """
     import export_model  # beside this script; imports onnx/onnxruntime only when called
 
-    cfg = export_model.setup_cfg(os.path.join(REPO, config), ["MODEL.DEVICE", "cpu"])
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]  # seeded random weights, no download
+    cfg = export_model.setup_cfg(os.path.join(REPO, config), opts)
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
