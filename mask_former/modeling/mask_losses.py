@@ -9,7 +9,7 @@ The plain formulas (:func:`~mask_former.modeling.criterion.sigmoid_focal_loss` a
 reference; :func:`sigmoid_focal_dice_loss` gives the same values and gradients. Autograd would
 keep about ten (M, H, W) float tensors per decoder layer for backward; here forward already
 computes the per-pixel derivatives of both losses and folds them back to the prediction grid
-through the adjoint of the upsampling, so only an (M, 2, h, w) tensor is kept per layer and
+through the adjoint of the upsampling, so only a (2, M, h, w) tensor is kept per layer and
 backward is one multiply-add of it.
 
 Speed on the CPU comes from doing few passes over full-resolution data and few operations:
@@ -108,18 +108,20 @@ class _Workspace:
         self.sums = like.new_empty((3 * rows + 1) * num_pixels)
         self.bce = like.new_empty((rows, num_pixels))
         self.mask = torch.empty((rows, num_pixels), dtype=torch.uint8, device=like.device)
-        self.grad = like.new_empty((rows, 2, num_pixels)) if with_grad else None
+        self.grad = like.new_empty(2 * rows * num_pixels) if with_grad else None
         self.rows = -1
 
     def take(self, rows: int) -> Dict[str, Optional[torch.Tensor]]:
         """Views for ``rows`` masks: "sums" (3 rows + 1, P), "sig", "focal", "targets", "bce",
-        "mask" (rows, P) and "grad" (rows, 2, P) or None."""
+        "mask" (rows, P) and "grad" (2, rows, P) or None."""
         sums = self.sums[: (3 * rows + 1) * self.num_pixels].view(3 * rows + 1, self.num_pixels)
         if rows != self.rows:
             sums[-1].fill_(1)
             self.rows = rows
         sig, focal, targets = sums[:-1].view(3, rows, self.num_pixels).unbind(0)
-        grad = None if self.grad is None else self.grad[:rows]
+        grad = None
+        if self.grad is not None:
+            grad = self.grad[: 2 * rows * self.num_pixels].view(2, rows, self.num_pixels)
         return {
             "sums": sums,
             "sig": sig,
@@ -179,12 +181,12 @@ def _pixel_gradients(
 ) -> None:
     """
     Derivatives (C, P) w.r.t. the logits x of the per-pixel focal loss, NEGATED, and of the
-    dice loss, written to ``work["grad"][:, 0]`` and ``[:, 1]``. Overwrites ``modulator``,
+    dice loss, written to ``work["grad"][0]`` and ``[1]``. Overwrites ``modulator``,
     ``work["bce"]`` and ``work["focal"]``.
     """
     sig, targets, bce, grad = work["sig"], work["targets"], work["bce"], work["grad"]
     # d/dz [sigmoid(z)^g softplus(z)] = sigmoid(z)^g (sigmoid(z) + g (1 - sigmoid(z)) softplus(z))
-    focal = torch.add(sig, bce, alpha=gamma, out=grad[:, 0]).addcmul_(sig, bce, value=-gamma)
+    focal = torch.add(sig, bce, alpha=gamma, out=grad[0]).addcmul_(sig, bce, value=-gamma)
     # times dz/dx alpha_t = (1 - 2t) alpha_t, i.e. (1 - alpha) - t with alpha, 1 - 2t without;
     # negated, which saves a pass (the caller flips the sign on the prediction grid).
     if alpha >= 0:
@@ -194,9 +196,9 @@ def _pixel_gradients(
     focal.mul_(modulator.mul_(negated_weight))
     # d dice / d p_i = (2 I + 1) / D^2 - 2 t_i / D, and d p / d x = p (1 - p), which is
     # sigmoid(z) (1 - sigmoid(z)) whatever the target.
-    slope = ((2 * intersection + 1) / denominator**2)[:, None]
-    coef = torch.addcmul(slope, targets, (-2 / denominator)[:, None], out=bce)
-    torch.addcmul(sig, sig, sig, value=-1.0, out=grad[:, 1]).mul_(coef)
+    coef = torch.mul(targets, (-2 / denominator)[:, None], out=bce)
+    coef.add_(((2 * intersection + 1) / denominator**2)[:, None])
+    torch.addcmul(sig, sig, sig, value=-1.0, out=grad[1]).mul_(coef)
 
 
 class _SigmoidFocalDice(torch.autograd.Function):
@@ -208,7 +210,7 @@ class _SigmoidFocalDice(torch.autograd.Function):
         chunk = max(1, min(num, chunk_pixels // (height * width)))
         workspace = _Workspace(logits, chunk, height * width, with_grad)
         focal, dice = logits.new_empty(num), logits.new_empty(num)
-        grad = logits.new_empty((num, 2) + logits.shape[-2:]) if with_grad else None
+        grad = logits.new_empty((2,) + logits.shape) if with_grad else None
         for start in range(0, num, chunk):
             end = min(start + chunk, num)
             work = workspace.take(end - start)
@@ -223,10 +225,10 @@ class _SigmoidFocalDice(torch.autograd.Function):
                 upsampled.view(end - start, -1), work, alpha, gamma
             )
             if with_grad:
-                pixel_grad = work["grad"].view(-1, 2, height, width)
-                grad[start:end] = upsample_bilinear_adjoint(pixel_grad, logits.shape[-2:])
+                pixel_grad = work["grad"].view(2, -1, height, width)
+                grad[:, start:end] = upsample_bilinear_adjoint(pixel_grad, logits.shape[-2:])
         if with_grad:
-            grad[:, 0] /= -height * width  # the sign, see _pixel_gradients
+            grad[0] /= -height * width  # the sign, see _pixel_gradients
         ctx.save_for_backward(grad)
         return focal, dice
 
@@ -236,11 +238,11 @@ class _SigmoidFocalDice(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if grad is None:
             raise RuntimeError("sigmoid_focal_dice_loss: backward without gradients in forward")
-        grad_logits = torch.zeros_like(grad[:, 0])
+        grad_logits = torch.zeros_like(grad[0])
         if grad_focal is not None:
-            grad_logits.addcmul_(grad[:, 0], grad_focal[:, None, None])
+            grad_logits.addcmul_(grad[0], grad_focal[:, None, None])
         if grad_dice is not None:
-            grad_logits.addcmul_(grad[:, 1], grad_dice[:, None, None])
+            grad_logits.addcmul_(grad[1], grad_dice[:, None, None])
         return grad_logits, None, None, None, None, None, None
 
 
