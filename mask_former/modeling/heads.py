@@ -22,7 +22,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from ..checkpoint import PixelDecoderLayoutUpgrade
+from ..checkpoint import PIXEL_DECODER_LAYOUT_VERSION, register_pixel_decoder_upgrade
 from .pixel_decoder import build_pixel_decoder
 from .transformer import TransformerPredictor
 
@@ -49,14 +49,19 @@ def _predictor_in_channels(cfg, input_shape: Dict[str, ShapeSpec]) -> int:
     return input_shape[in_feature].channels
 
 
-class _PixelDecoderAndPredictor(PixelDecoderLayoutUpgrade):
+class _PixelDecoderAndPredictor(nn.Module):
     """
     Shared part of the heads: run the pixel decoder, then the transformer predictor on either
-    the encoder output of the pixel decoder or a backbone feature.
+    the encoder output of the pixel decoder or a backbone feature. State dicts in the old
+    (model-zoo) key layout are upgraded on load (see :mod:`mask_former.checkpoint`).
     """
+
+    # Saved in state-dict metadata; an earlier or missing version means the old key layout.
+    _version = PIXEL_DECODER_LAYOUT_VERSION
 
     def __init__(self, pixel_decoder: nn.Module, predictor: nn.Module, transformer_in_feature):
         super().__init__()
+        register_pixel_decoder_upgrade(self)
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor
         self.transformer_in_feature = transformer_in_feature
@@ -141,11 +146,15 @@ def _upsample_x4(logits: torch.Tensor) -> torch.Tensor:
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class PerPixelBaselineHead(PixelDecoderLayoutUpgrade):
+class PerPixelBaselineHead(nn.Module):
     """
     Per-pixel classification baseline: pixel decoder followed by a 1x1 conv (``predictor``)
-    to K class logits, trained with per-pixel cross-entropy (``loss_sem_seg``).
+    to K class logits, trained with per-pixel cross-entropy (``loss_sem_seg``). State dicts in
+    the old (model-zoo) key layout are upgraded on load (see :mod:`mask_former.checkpoint`).
     """
+
+    # Saved in state-dict metadata; an earlier or missing version means the old key layout.
+    _version = PIXEL_DECODER_LAYOUT_VERSION
 
     @configurable
     def __init__(
@@ -166,6 +175,7 @@ class PerPixelBaselineHead(PixelDecoderLayoutUpgrade):
             ignore_value: target label excluded from the loss.
         """
         super().__init__()
+        register_pixel_decoder_upgrade(self)
         self.pixel_decoder = pixel_decoder
         self.predictor = Conv2d(mask_dim, num_classes, kernel_size=1)
         weight_init.c2_msra_fill(self.predictor)
@@ -213,7 +223,6 @@ class PerPixelBaselinePlusHead(_PixelDecoderAndPredictor):
     def __init__(
         self,
         *,
-        num_classes: int,
         pixel_decoder: nn.Module,
         transformer_predictor: nn.Module,
         transformer_in_feature: str,
@@ -223,14 +232,13 @@ class PerPixelBaselinePlusHead(_PixelDecoderAndPredictor):
     ):
         """
         Args:
-            num_classes: K (must equal the predictor's number of queries).
             pixel_decoder, transformer_predictor, transformer_in_feature: as in
-                :class:`MaskFormerHead`; the predictor has no class head.
+                :class:`MaskFormerHead`; the predictor has no class head, and its number of
+                queries is K.
             deep_supervision: add a loss for every earlier decoder layer.
             loss_weight, ignore_value: as in :class:`PerPixelBaselineHead`.
         """
         super().__init__(pixel_decoder, transformer_predictor, transformer_in_feature)
-        self.num_classes = num_classes
         self.deep_supervision = deep_supervision
         self.loss_weight = loss_weight
         self.ignore_value = ignore_value
@@ -246,7 +254,6 @@ class PerPixelBaselinePlusHead(_PixelDecoderAndPredictor):
                 f"MODEL.SEM_SEG_HEAD.NUM_CLASSES ({head.NUM_CLASSES})"
             )
         return {
-            "num_classes": head.NUM_CLASSES,
             "pixel_decoder": build_pixel_decoder(cfg, input_shape),
             "transformer_predictor": TransformerPredictor(
                 cfg, _predictor_in_channels(cfg, input_shape), mask_classification=False

@@ -1,0 +1,181 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+Checkpoint safety: reading checkpoint files without running code from them.
+
+Detectron2 loads ``.pkl`` files with :mod:`pickle`, which runs any code a file contains. Importing
+this module (``import mask_former`` does, through :mod:`mask_former.checkpoint`) replaces
+``DetectionCheckpointer._load_file`` by :func:`load_checkpoint_file`: ``.pkl`` files go through a
+restricted unpickler that builds only containers, numbers, strings, numpy arrays and tensors,
+``.pth``/``.pyth`` files through ``torch.load(weights_only=True)``; anything else is refused with
+:class:`UntrustedCheckpointError`, which names the file and the refused global. Setting the
+environment variable ``MASK_FORMER_TRUST_CHECKPOINTS=1`` allows full unpickling, for files the
+user trusts. The class is patched, rather than every project path routed through a checkpointer
+of its own, because detectron2's ``DefaultPredictor`` (the demo, its worker processes, users'
+scripts) builds a ``DetectionCheckpointer`` internally: patching it is the one place every path
+that loads ``MODEL.WEIGHTS`` passes.
+
+The names of this module are also importable from :mod:`mask_former.checkpoint`.
+"""
+
+import io
+import logging
+import os
+import pickle
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
+
+__all__ = [
+    "TRUST_ENV",
+    "UntrustedCheckpointError",
+    "checkpoints_trusted",
+    "restricted_pickle_load",
+    "load_checkpoint_file",
+    "install_safe_loading",
+]
+
+logger = logging.getLogger(__name__)
+
+TRUST_ENV = "MASK_FORMER_TRUST_CHECKPOINTS"
+
+# The globals a checkpoint of weights needs: numpy arrays and scalars (numpy < 2 and >= 2 module
+# names), ordered dicts, Python-2-era bytes (pickled as _codecs.encode), and tensors as pickled
+# by pickle.dump (tools/convert-pretrained-swin-model-to-d2.py writes those).
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # pickle protocol 5
+    ("numpy._core.numeric", "_frombuffer"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+}
+
+
+def _storage_from_bytes(data: bytes) -> Any:
+    # torch.storage._load_from_bytes, which a pickled tensor names, unpickles with
+    # weights_only=False; the storage is read here the safe way.
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+_REPLACED_GLOBALS: Dict[tuple, Callable] = {
+    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+}
+
+
+class UntrustedCheckpointError(pickle.UnpicklingError):
+    """A checkpoint needs more than plain data to unpickle; its message names file and global."""
+
+    def __init__(self, path: str, refused: str):
+        super().__init__(
+            f"Refused to load {path}: unpickling it would call {refused}, which a checkpoint of "
+            f"weights does not need. Only if you trust this file, set {TRUST_ENV}=1 to unpickle "
+            "it fully."
+        )
+        self.path, self.refused = path, refused
+
+
+def checkpoints_trusted() -> bool:
+    """Whether the user allowed full unpickling (``MASK_FORMER_TRUST_CHECKPOINTS=1``)."""
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Builds containers, numbers, strings, numpy arrays and tensors; refuses any other global."""
+
+    def __init__(self, file: Any, path: str):
+        super().__init__(file, encoding="latin1")  # latin1: Python-2-era numpy pickles
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _REPLACED_GLOBALS:
+            return _REPLACED_GLOBALS[module, name]
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise UntrustedCheckpointError(self._path, f"{module}.{name}")
+
+
+def restricted_pickle_load(path: str, trusted: bool = False) -> Any:
+    """Unpickle the file ``path`` with :class:`_RestrictedUnpickler` (``pickle`` if trusted)."""
+    with PathManager.open(path, "rb") as f:
+        if trusted:
+            return pickle.load(f, encoding="latin1")
+        return _RestrictedUnpickler(f, path).load()
+
+
+def _torch_load(path: str, trusted: bool) -> Any:
+    """``torch.load`` with ``weights_only`` unless trusted; a refusal names the globals."""
+    try:
+        with PathManager.open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as e:
+        if trusted:
+            raise
+        try:
+            refused = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # not a zip checkpoint: torch's message says what it found
+            refused = []
+        if not refused:
+            raise pickle.UnpicklingError(f"Cannot load {path}: {str(e).splitlines()[0]}") from e
+        raise UntrustedCheckpointError(path, ", ".join(refused)) from None
+
+
+def _detectron2_pkl_layout(data: Any, path: str) -> Dict:
+    """Detectron2's reading of a .pkl: model-zoo format, or Caffe2/Detectron1 blobs."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a dict of weights")
+    if "model" in data and "__author__" in data:
+        logger.info("Reading a file from '%s'", data["__author__"])
+        return data
+    data = data.get("blobs", data)  # detection models have "blobs", ImageNet models do not
+    data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+    return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
+
+def load_checkpoint_file(path: str, trusted: Optional[bool] = None) -> Dict:
+    """
+    Read a checkpoint the way ``DetectionCheckpointer._load_file`` does (.pkl model-zoo and
+    Caffe2 layouts, pycls .pyth, native .pth), but safely: see the module docstring.
+
+    Args:
+        path: a local file.
+        trusted: allow full unpickling; default: :func:`checkpoints_trusted`.
+    Raises:
+        UntrustedCheckpointError: the file needs a global beyond plain data.
+    """
+    trusted = checkpoints_trusted() if trusted is None else trusted
+    if path.endswith(".pkl"):
+        return _detectron2_pkl_layout(restricted_pickle_load(path, trusted), path)
+    loaded = _torch_load(path, trusted)
+    if path.endswith(".pyth"):  # pycls
+        if not isinstance(loaded, dict) or "model_state" not in loaded:
+            raise ValueError(f"Cannot load .pyth file {path}: pycls checkpoints hold 'model_state'")
+        state = {
+            k: v for k, v in loaded["model_state"].items() if not k.endswith("num_batches_tracked")
+        }
+        return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+    if not isinstance(loaded, dict) or "model" not in loaded:
+        loaded = {"model": loaded}
+    return loaded
+
+
+def _safe_load_file(self: DetectionCheckpointer, filename: str) -> Dict:
+    return load_checkpoint_file(filename)
+
+
+_safe_load_file._mask_former_safe = True
+
+
+def install_safe_loading() -> None:
+    """Make every ``DetectionCheckpointer`` read files with :func:`load_checkpoint_file`."""
+    if not getattr(DetectionCheckpointer._load_file, "_mask_former_safe", False):
+        DetectionCheckpointer._load_file = _safe_load_file
+
+
+install_safe_loading()  # see the module docstring
