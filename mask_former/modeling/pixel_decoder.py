@@ -103,6 +103,7 @@ class BasePixelDecoder(nn.Module):
         conv_dim: int,
         mask_dim: int,
         norm: str = "",
+        encodes_coarsest: bool = False,
     ):
         """
         Args:
@@ -110,23 +111,25 @@ class BasePixelDecoder(nn.Module):
             conv_dim: channels inside the decoder.
             mask_dim: channels of the output per-pixel embeddings.
             norm: detectron2 norm name ("GN", "" for none).
+            encodes_coarsest: set by subclasses that transform the coarsest feature before
+                ``layer_{n}``: ``layer_{n}`` is then not built here, and the subclass registers
+                it itself, after its own modules (the order of the reference state_dict).
         """
         super().__init__()
         shapes = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
-        self.in_features = [name for name, _ in shapes]
+        # Backbone feature names, finest (stride 4) first.
+        self.in_features: List[str] = [name for name, _ in shapes]
+        # Whether the coarsest feature is transformed (by a subclass) before layer_{n}.
+        self.encodes_coarsest = encodes_coarsest
         channels = [s.channels for _, s in shapes]
         # Registration order (adapter_1, layer_1, ..., layer_n, mask_features) is the order of
         # the reference state_dict.
         for i, in_ch in enumerate(channels[:-1], start=1):
             self.add_module(f"adapter_{i}", _conv(in_ch, conv_dim, 1, norm, relu=False))
             self.add_module(f"layer_{i}", _conv(conv_dim, conv_dim, 3, norm, relu=True))
-        if not self._encodes_coarsest:
+        if not encodes_coarsest:
             self.add_module(f"layer_{len(channels)}", _conv(channels[-1], conv_dim, 3, norm, True))
         self.mask_features = _conv(conv_dim, mask_dim, 3, "", relu=False)
-
-    # Subclasses that transform the coarsest feature before ``layer_{n}`` register that layer
-    # themselves (after their own modules, as in the reference state_dict).
-    _encodes_coarsest = False
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -195,7 +198,9 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
             input_shape, conv_dim, mask_dim, norm: as in :class:`BasePixelDecoder`.
             transformer_*: hyper-parameters of the encoder (d_model = conv_dim).
         """
-        super().__init__(input_shape, conv_dim=conv_dim, mask_dim=mask_dim, norm=norm)
+        super().__init__(
+            input_shape, conv_dim=conv_dim, mask_dim=mask_dim, norm=norm, encodes_coarsest=True
+        )
         coarsest_channels = max(input_shape.values(), key=lambda s: s.stride).channels
         self.input_proj = Conv2d(coarsest_channels, conv_dim, kernel_size=1)
         weight_init.c2_xavier_fill(self.input_proj)
@@ -211,8 +216,6 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
         # The coarsest layer reads the encoder output, which has conv_dim channels.
         n = len(self.in_features)
         self.add_module(f"layer_{n}", _conv(conv_dim, conv_dim, 3, norm, relu=True))
-
-    _encodes_coarsest = True
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
