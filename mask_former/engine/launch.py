@@ -173,7 +173,10 @@ def _create_local_process_group(num_machines: int, procs_per_machine: int, machi
     if hasattr(comm, "create_local_process_group"):  # detectron2 > 0.6
         comm.create_local_process_group(procs_per_machine)
         return
-    # Every process must take part in creating every group, its own machine's or not.
+    # detectron2 0.6 has no public way to set the local group: comm.get_local_rank() and
+    # get_local_size() read the module global comm._LOCAL_PROCESS_GROUP, which detectron2's own
+    # launch (engine/launch.py) assigns the same way. Every process must take part in creating
+    # every group, its own machine's or not.
     for i in range(num_machines):
         ranks = list(range(i * procs_per_machine, (i + 1) * procs_per_machine))
         group = dist.new_group(ranks)

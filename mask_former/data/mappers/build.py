@@ -25,7 +25,9 @@ def register_mapper(name: str) -> Callable[[type], type]:
     """Class decorator: register a mapper class under the config name ``name``."""
 
     def decorator(cls: type) -> type:
-        # Registry.register() would key by class name; configs use the short names.
+        # Configs use short names, not class names. fvcore's Registry (0.1.5, which detectron2
+        # 0.6 re-exports) has no public way to register under a given name: register() always
+        # keys by obj.__name__, and _do_register(name, obj) is the method it delegates to.
         DATASET_MAPPER_REGISTRY._do_register(name, cls)
         return cls
 
