@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from mask_former import Predictor, get_mask_former_cfg
-from mask_former.data.shapes import generate_split
+from mask_former.data.shapes_generator import generate_split
 from tests.conftest import REPO_ROOT
 from tests.tools.tools_testing import load_script
 

@@ -118,7 +118,7 @@ def bench_matcher(device: str, repeats: int, seed: int = 0) -> List[Dict]:
 
 
 def _shapes_is_complete(root: str) -> bool:
-    from mask_former.data.shapes import shapes_dir
+    from mask_former.data.shapes_generator import shapes_dir
 
     return os.path.isfile(os.path.join(shapes_dir(root), "COMPLETE"))
 
@@ -130,9 +130,8 @@ def shapes_datasets() -> Iterator[Dict[str, str]]:
     shapes data is there, else the data generated into a temporary root (removed afterwards)
     and registered under the prefix "benchmark_".
     """
-    from mask_former.data.datasets import register_shapes
-    from mask_former.data.datasets.common import datasets_root
-    from mask_former.data.shapes import ensure_shapes_dataset
+    from mask_former.data.datasets import datasets_root, register_shapes
+    from mask_former.data.shapes_generator import ensure_shapes_dataset
 
     root, prefix, tmp = datasets_root(), "", None
     if not _shapes_is_complete(root):

@@ -7,16 +7,16 @@ Generate the built-in shapes dataset ahead of time (it is otherwise generated on
 
 import argparse
 import logging
-import os
 
-from .shapes import ensure_shapes_dataset
+from .datasets import datasets_root
+from .shapes_generator import ensure_shapes_dataset
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Generate the built-in shapes dataset.")
     parser.add_argument(
         "--root",
-        default=os.getenv("DETECTRON2_DATASETS", "datasets"),
+        default=datasets_root(),
         help="datasets root; the dataset goes to <root>/shapes",
     )
     args = parser.parse_args()

@@ -465,7 +465,7 @@ def test_panoptic_without_semantic_file_constrains_crop_on_segments(tmp_path):
 
 
 def test_panoptic_json_with_unknown_category(tmp_path):
-    from mask_former.data.datasets.common import load_panoptic_json
+    from mask_former.data.datasets import load_panoptic_json
 
     path = tmp_path / "pan.json"
     path.write_text(

@@ -13,11 +13,11 @@ import torch
 from data_testutils import unique_prefix
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from mask_former.data import shapes
+from mask_former.data import shapes_generator
 from mask_former.data.datasets import register_shapes
 
-TRAIN_SEED, _ = shapes.SHAPES_SPLITS["train"]
-VAL_SEED, _ = shapes.SHAPES_SPLITS["val"]
+TRAIN_SEED, _ = shapes_generator.SHAPES_SPLITS["train"]
+VAL_SEED, _ = shapes_generator.SHAPES_SPLITS["val"]
 
 
 def read_split(base, split):
@@ -41,19 +41,19 @@ def read_split(base, split):
 def small_shapes(tmp_path_factory):
     """40 train and 16 val images: the first images of the real splits (same seeds)."""
     base = str(tmp_path_factory.mktemp("shapes"))
-    shapes.generate_split(base, "train", TRAIN_SEED, 40)
-    shapes.generate_split(base, "val", VAL_SEED, 16)
+    shapes_generator.generate_split(base, "train", TRAIN_SEED, 40)
+    shapes_generator.generate_split(base, "val", VAL_SEED, 16)
     return base
 
 
 def test_same_seed_same_bytes_and_prefix_property(tmp_path, small_shapes):
-    shapes.generate_split(str(tmp_path), "train", TRAIN_SEED, 6)
+    shapes_generator.generate_split(str(tmp_path), "train", TRAIN_SEED, 6)
     for sub, ext in [("images", ".jpg"), ("sem_seg", ".png"), ("panoptic", ".png")]:
         for i in range(6):
             a = os.path.join(tmp_path, sub, "train", f"{i:06d}{ext}")
             b = os.path.join(small_shapes, sub, "train", f"{i:06d}{ext}")
             assert filecmp.cmp(a, b, shallow=False), (sub, i)
-    shapes.generate_split(str(tmp_path / "other"), "train", TRAIN_SEED + 1, 2)
+    shapes_generator.generate_split(str(tmp_path / "other"), "train", TRAIN_SEED + 1, 2)
     assert not filecmp.cmp(
         os.path.join(tmp_path, "images", "train", "000000.jpg"),
         os.path.join(tmp_path, "other", "images", "train", "000000.jpg"),
@@ -100,12 +100,12 @@ def test_dataset_properties(small_shapes):
 
 def test_squares_are_axis_aligned_and_triangles_point_up():
     h, w, size = 120, 120, 20.0
-    square = shapes._shape_mask("square", (60, 60), size, h, w)
+    square = shapes_generator._shape_mask("square", (60, 60), size, h, w)
     ys, xs = np.nonzero(square)
     # An axis-aligned square fills its bounding box.
     box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
     assert square.sum() == box
-    triangle = shapes._shape_mask("triangle", (60, 60), size, h, w)
+    triangle = shapes_generator._shape_mask("triangle", (60, 60), size, h, w)
     widths = triangle.sum(axis=1)
     rows = np.nonzero(widths)[0]
     # Apex up: the rows widen downwards, the base is the last row.
@@ -113,7 +113,8 @@ def test_squares_are_axis_aligned_and_triangles_point_up():
     assert np.all(np.diff(widths[rows]) >= 0)
     # About the same area for the three shapes at a given size.
     areas = [
-        shapes._shape_mask(k, (60, 60), size, h, w).sum() for k in ("circle", "square", "triangle")
+        shapes_generator._shape_mask(k, (60, 60), size, h, w).sum()
+        for k in ("circle", "square", "triangle")
     ]
     assert max(areas) < 1.25 * min(areas), areas
 
@@ -146,7 +147,9 @@ def test_not_a_colour_lookup(small_shapes, levels):
 
 @pytest.fixture
 def tiny_splits(monkeypatch):
-    monkeypatch.setattr(shapes, "SHAPES_SPLITS", {"train": (TRAIN_SEED, 4), "val": (VAL_SEED, 3)})
+    monkeypatch.setattr(
+        shapes_generator, "SHAPES_SPLITS", {"train": (TRAIN_SEED, 4), "val": (VAL_SEED, 3)}
+    )
 
 
 def test_registration_generates_once_and_metadata(tmp_path, tiny_splits):
@@ -189,25 +192,27 @@ def test_registration_generates_once_and_metadata(tmp_path, tiny_splits):
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path, tiny_splits, monkeypatch):
-    real = shapes.generate_split
+    real = shapes_generator.generate_split
 
     def failing(out_dir, split, seed, num):
         real(out_dir, split, seed, num)
         if split == "val":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(shapes, "generate_split", failing)
+    monkeypatch.setattr(shapes_generator, "generate_split", failing)
     with pytest.raises(KeyboardInterrupt):
-        shapes.ensure_shapes_dataset(str(tmp_path))
+        shapes_generator.ensure_shapes_dataset(str(tmp_path))
     assert os.listdir(tmp_path) == []  # neither "shapes" nor the temporary folder
-    monkeypatch.setattr(shapes, "generate_split", real)
-    assert os.path.isfile(os.path.join(shapes.ensure_shapes_dataset(str(tmp_path)), "COMPLETE"))
+    monkeypatch.setattr(shapes_generator, "generate_split", real)
+    assert os.path.isfile(
+        os.path.join(shapes_generator.ensure_shapes_dataset(str(tmp_path)), "COMPLETE")
+    )
 
 
 def test_incomplete_folder_is_reported(tmp_path):
     os.makedirs(tmp_path / "shapes")
     with pytest.raises(RuntimeError, match="COMPLETE"):
-        shapes.ensure_shapes_dataset(str(tmp_path))
+        shapes_generator.ensure_shapes_dataset(str(tmp_path))
 
 
 def test_evaluators_score_ground_truth_perfectly(tmp_path, tiny_splits):
@@ -215,7 +220,7 @@ def test_evaluators_score_ground_truth_perfectly(tmp_path, tiny_splits):
     # same val set: the ground truth itself, fed back as predictions, scores 100 PQ and mIoU.
     from detectron2.evaluation import COCOPanopticEvaluator, SemSegEvaluator
 
-    from mask_former.data.mappers.common import read_panoptic_ids
+    from mask_former.data.mappers.reading import read_panoptic_ids
 
     prefix = unique_prefix()
     register_shapes(str(tmp_path), prefix)
@@ -247,14 +252,14 @@ def test_evaluators_score_ground_truth_perfectly(tmp_path, tiny_splits):
 
 
 def test_dataset_of_another_generator_version_is_replaced(tmp_path, tiny_splits):
-    base = shapes.ensure_shapes_dataset(str(tmp_path))
+    base = shapes_generator.ensure_shapes_dataset(str(tmp_path))
     complete = os.path.join(base, "COMPLETE")
     with open(complete) as f:
         stamp = json.load(f)
     with open(complete, "w") as f:
         json.dump({**stamp, "version": -1}, f)
     os.remove(os.path.join(base, "images", "val", "000000.jpg"))
-    shapes.ensure_shapes_dataset(str(tmp_path))
+    shapes_generator.ensure_shapes_dataset(str(tmp_path))
     with open(complete) as f:
         assert json.load(f) == stamp
     assert os.path.isfile(os.path.join(base, "images", "val", "000000.jpg"))

@@ -93,7 +93,7 @@ def test_one_training_step_on_shapes(tmp_path, monkeypatch, kind, mapper_name):
     from data_testutils import unique_prefix
     from test_data_formats import mini_cfg
 
-    from mask_former.data import shapes
+    from mask_former.data import shapes_generator as shapes
     from mask_former.data.datasets import register_shapes
 
     monkeypatch.setattr(shapes, "SHAPES_SPLITS", {"train": (20211, 2), "val": (20212, 1)})

@@ -17,9 +17,9 @@ from typing import Callable, Dict, List
 
 import torch
 
-from mask_former.data.datasets.common import load_panoptic_json, register_dataset
+from mask_former.data.datasets import load_panoptic_json, register_dataset
 from mask_former.data.datasets.shapes import shapes_metadata
-from mask_former.data.shapes import SHAPES_SPLITS, generate_split, shapes_dir
+from mask_former.data.shapes_generator import SHAPES_SPLITS, generate_split, shapes_dir
 from mask_former.engine import get_mask_former_cfg
 
 PREFIX = "engine_e2e_"

@@ -14,9 +14,9 @@ import torch
 from detectron2.data.datasets import load_sem_seg
 from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR
 
-from mask_former.data.datasets.common import register_dataset
+from mask_former.data.datasets import register_dataset
 from mask_former.data.datasets.shapes import shapes_metadata
-from mask_former.data.shapes import SHAPES_SPLITS, generate_split, shapes_dir
+from mask_former.data.shapes_generator import SHAPES_SPLITS, generate_split, shapes_dir
 from mask_former.engine import Trainer, get_mask_former_cfg
 
 TRAIN = "resume_test_shapes_sem_seg_train"

@@ -20,14 +20,14 @@ import pytest
 from PIL import Image
 from tools_testing import REPO_ROOT
 
-from mask_former.data.datasets import register_ade20k_150
-from mask_former.data.datasets.common import (
+from mask_former.data.datasets import (
     load_panoptic_json,
+    register_ade20k_150,
     register_dataset,
     register_sem_seg_splits,
 )
 from mask_former.data.datasets.shapes import shapes_metadata
-from mask_former.data.shapes import generate_split
+from mask_former.data.shapes_generator import generate_split
 
 NAMES = ["circle", "square", "triangle", "gradient", "stripes", "blotches"]
 

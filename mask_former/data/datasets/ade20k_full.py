@@ -12,7 +12,7 @@ import os
 from typing import List
 
 from .categories import ade20k_full_categories
-from .common import register_sem_seg_splits
+from .registration import register_sem_seg_splits, stuff_class_metadata
 
 __all__ = ["register_ade20k_full", "ADE20K_FULL_IGNORE_LABEL"]
 
@@ -37,8 +37,7 @@ def register_ade20k_full(root: str, name_prefix: str = "") -> List[str]:
     }
     categories = ade20k_full_categories()
     meta = {
-        "stuff_classes": [c["name"] for c in categories],
-        "stuff_colors": [c["color"] for c in categories],
+        **stuff_class_metadata(categories),
         "ignore_label": ADE20K_FULL_IGNORE_LABEL,
     }
     return register_sem_seg_splits(splits, meta, gt_ext="tif", image_ext="jpg")

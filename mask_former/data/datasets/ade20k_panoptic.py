@@ -20,7 +20,8 @@ import os
 from typing import Any, Dict, List
 
 from .categories import ade20k_150_categories
-from .common import load_panoptic_json, panoptic_class_metadata, register_dataset
+from .panoptic_json import load_panoptic_json
+from .registration import panoptic_class_metadata, register_dataset
 
 __all__ = ["register_ade20k_panoptic", "ade20k_panoptic_metadata"]
 

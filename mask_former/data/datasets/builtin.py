@@ -16,13 +16,12 @@ import functools
 import os
 from typing import List
 
-from detectron2.data.datasets import load_sem_seg
 from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES, _get_builtin_metadata
 from detectron2.data.datasets.cityscapes import load_cityscapes_semantic
 from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 
 from .categories import ade20k_150_categories
-from .common import register_dataset, set_missing_metadata
+from .registration import register_dataset, register_sem_seg_splits, set_missing_metadata
 
 __all__ = ["register_ade20k_150", "register_cityscapes_sem_seg", "register_coco_panoptic"]
 
@@ -38,22 +37,17 @@ def register_ade20k_150(root: str, name_prefix: str = "") -> List[str]:
     from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 
     base = os.path.join(root, "ADEChallengeData2016")
+    splits = {
+        f"{name_prefix}ade20k_sem_seg_{split}": (
+            os.path.join(base, "images", folder),
+            os.path.join(base, "annotations_detectron2", folder),
+        )
+        for split, folder in [("train", "training"), ("val", "validation")]
+    }
+    meta = {"stuff_classes": ADE20K_SEM_SEG_CATEGORIES[:], "ignore_label": 255}
+    registered = register_sem_seg_splits(splits, meta, gt_ext="png", image_ext="jpg")
     colors = [c["color"] for c in ade20k_150_categories()]
-    registered = []
-    for split, folder in [("train", "training"), ("val", "validation")]:
-        name = f"{name_prefix}ade20k_sem_seg_{split}"
-        image_dir = os.path.join(base, "images", folder)
-        gt_dir = os.path.join(base, "annotations_detectron2", folder)
-        loader = functools.partial(load_sem_seg, gt_dir, image_dir, gt_ext="png", image_ext="jpg")
-        meta = {
-            "stuff_classes": ADE20K_SEM_SEG_CATEGORIES[:],
-            "image_root": image_dir,
-            "sem_seg_root": gt_dir,
-            "evaluator_type": "sem_seg",
-            "ignore_label": 255,
-        }
-        if register_dataset(name, loader, meta):
-            registered.append(name)
+    for name in splits:
         set_missing_metadata(name, stuff_colors=colors)
     return registered
 

@@ -12,7 +12,7 @@ import os
 from typing import List
 
 from .categories import coco_stuff_171_categories
-from .common import register_sem_seg_splits
+from .registration import register_sem_seg_splits, stuff_class_metadata
 
 __all__ = ["register_coco_stuff_10k"]
 
@@ -34,8 +34,7 @@ def register_coco_stuff_10k(root: str, name_prefix: str = "") -> List[str]:
     }
     categories = coco_stuff_171_categories()
     meta = {
-        "stuff_classes": [c["name"] for c in categories],
-        "stuff_colors": [c["color"] for c in categories],
+        **stuff_class_metadata(categories),
         # SemSegEvaluator writes predictions with the original COCO ids through this map.
         "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories)},
         "ignore_label": 255,

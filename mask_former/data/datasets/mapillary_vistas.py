@@ -12,7 +12,7 @@ import os
 from typing import List
 
 from .categories import mapillary_vistas_categories
-from .common import register_sem_seg_splits
+from .registration import register_sem_seg_splits, stuff_class_metadata
 
 __all__ = ["register_mapillary_vistas", "MAPILLARY_VISTAS_IGNORE_LABEL"]
 
@@ -37,8 +37,7 @@ def register_mapillary_vistas(root: str, name_prefix: str = "") -> List[str]:
     }
     categories = mapillary_vistas_categories()
     meta = {
-        "stuff_classes": [c["readable"] for c in categories],
-        "stuff_colors": [c["color"] for c in categories],
+        **stuff_class_metadata(categories, name_key="readable"),
         "ignore_label": MAPILLARY_VISTAS_IGNORE_LABEL,
     }
     return register_sem_seg_splits(splits, meta, gt_ext="png", image_ext="jpg")

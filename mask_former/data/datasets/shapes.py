@@ -1,6 +1,6 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """
-The built-in synthetic "shapes" dataset (see :mod:`mask_former.data.shapes`):
+The built-in synthetic "shapes" dataset (see :mod:`mask_former.data.shapes_generator`):
 
 - ``shapes_sem_seg_{train,val}``: semantic segmentation, ``evaluator_type`` "sem_seg".
 - ``shapes_panoptic_{train,val}``: panoptic segmentation, ``evaluator_type``
@@ -18,8 +18,9 @@ from typing import Any, Dict, List
 
 from detectron2.data.datasets import load_sem_seg
 
-from ..shapes import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_dir
-from .common import load_panoptic_json, panoptic_class_metadata, register_dataset
+from ..shapes_generator import SHAPES_CATEGORIES, ensure_shapes_dataset, shapes_dir
+from .panoptic_json import load_panoptic_json
+from .registration import panoptic_class_metadata, register_dataset
 
 __all__ = ["register_shapes", "shapes_metadata"]
 

@@ -17,15 +17,9 @@ from detectron2.data import transforms as T
 
 from ..checks import check_num_classes
 from .build import register_mapper
-from .common import (
-    check_segments,
-    image_to_tensor,
-    panoptic_instances,
-    read_image,
-    read_panoptic_rgb,
-    rgb_to_ids,
-)
 from .errors import DataError, naming_the_record
+from .reading import check_segments, read_image, read_panoptic_rgb, rgb_to_ids
+from .targets import image_to_tensor, panoptic_instances
 
 __all__ = ["DETRPanopticDatasetMapper"]
 

@@ -13,19 +13,17 @@ import torch
 from detectron2.data import transforms as T
 
 from .build import register_mapper
-from .common import (
+from .errors import DataError
+from .reading import (
     check_label_range,
     check_segments,
-    image_to_tensor,
-    pad_to_divisibility,
-    panoptic_instances,
     read_image,
     read_label_map,
     read_panoptic_rgb,
     rgb_to_ids,
 )
-from .errors import DataError
 from .semantic import IMAGE_PAD_VALUE, MaskFormerSemanticDatasetMapper
+from .targets import image_to_tensor, pad_to_divisibility, panoptic_instances
 
 __all__ = ["MaskFormerPanopticDatasetMapper"]
 

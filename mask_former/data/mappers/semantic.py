@@ -17,15 +17,9 @@ from detectron2.data import transforms as T
 
 from ..checks import check_num_classes
 from .build import register_mapper
-from .common import (
-    check_label_range,
-    image_to_tensor,
-    pad_to_divisibility,
-    read_image,
-    read_label_map,
-    semantic_instances,
-)
 from .errors import DataError, naming_the_record
+from .reading import check_label_range, read_image, read_label_map
+from .targets import image_to_tensor, pad_to_divisibility, semantic_instances
 
 __all__ = ["MaskFormerSemanticDatasetMapper", "build_mask_former_train_augmentations"]
 
