@@ -451,17 +451,58 @@ def test_panoptic_category_outside_class_range(tmp_path):
         pan_mapper()(record)
 
 
+def categories_of(instances) -> np.ndarray:
+    """The (h, w) category of each pixel of a panoptic mapper's targets, 255 where none is."""
+    labels = np.full(tuple(instances.image_size), 255)
+    for category, mask in zip(instances.gt_classes.tolist(), instances.gt_masks.numpy()):
+        labels[mask] = category
+    return labels
+
+
+def within_area_limit(labels: np.ndarray, max_area: float) -> bool:
+    """
+    detectron2's RandomCrop_CategoryAreaConstraint test of a crop: two categories or more, and
+    none with ``max_area`` or more of the labelled (not 255) pixels.
+    """
+    _, counts = np.unique(labels[labels != 255], return_counts=True)
+    return len(counts) > 1 and counts.max() < counts.sum() * max_area
+
+
 def test_panoptic_without_semantic_file_constrains_crop_on_segments(tmp_path):
+    # Two categories of two segments each: category 1 = left + square A, category 2 = right +
+    # square B. The constraint must count the pixels of a category, not of a segment.
     segments = [
-        {"id": i, "category_id": c, "iscrowd": 0} for i, c in [(11, 1), (12, 2), (300, 3), (301, 3)]
+        {"id": i, "category_id": c, "iscrowd": 0} for i, c in [(11, 1), (300, 1), (12, 2), (301, 2)]
     ]
     record = write_pan_record(tmp_path, segments)
+    assert "sem_seg_file_name" not in record
+    max_area, crop = 0.75, (16, 16)
+    # Most 16x16 windows of the layout break the limit (52%): one of the constraint's 10 tries
+    # finds a valid crop for all but 0.15% of the images.
+    layout = semantic_labels({"left": 1, "a": 1, "right": 2, "b": 2, "void": 255})
+    windows = [
+        layout[y : y + crop[0], x : x + crop[1]]
+        for y in range(H - crop[0] + 1)
+        for x in range(W - crop[1] + 1)
+    ]
+    assert np.mean([not within_area_limit(w, max_area) for w in windows]) > 0.5
+
     mapper = pan_mapper()
-    mapper.augmentations = T.AugmentationList(
-        [T.RandomCrop_CategoryAreaConstraint("absolute", (H, 16), 0.9, 255)]
-    )
-    out = mapper(record)  # needs a semantic map: derived from the segments
-    assert out["instances"].gt_masks.shape[1:] == (H, 16)
+    crops = {}
+    for limit in (max_area, 1.0):  # 1.0: the constraint is off
+        mapper.augmentations = T.AugmentationList(
+            [T.RandomCrop_CategoryAreaConstraint("absolute", crop, limit, 255)]
+        )
+        np.random.seed(0)
+        outputs = [mapper(record) for _ in range(20)]
+        assert all("sem_seg" not in out for out in outputs)
+        crops[limit] = [categories_of(out["instances"]) for out in outputs]
+    assert all(labels.shape == crop for labels in crops[max_area] + crops[1.0])
+    within = {k: [within_area_limit(labels, max_area) for labels in v] for k, v in crops.items()}
+    # The category map derived from the segments constrains every crop ...
+    assert all(within[max_area]), within[max_area]
+    # ... and without the constraint, crops from the same seed break the limit (the test can fail).
+    assert not all(within[1.0]), within[1.0]
 
 
 def test_panoptic_json_with_unknown_category(tmp_path):
