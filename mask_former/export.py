@@ -75,12 +75,12 @@ def last_layer_only(model: MaskFormer) -> Iterator[None]:
     if predictor is None or decoder is None:
         yield
         return
-    saved = predictor.aux_loss, decoder.return_intermediate
-    predictor.aux_loss, decoder.return_intermediate = False, False
+    saved = predictor.deep_supervision, decoder.return_intermediate
+    predictor.deep_supervision, decoder.return_intermediate = False, False
     try:
         yield
     finally:
-        predictor.aux_loss, decoder.return_intermediate = saved
+        predictor.deep_supervision, decoder.return_intermediate = saved
 
 
 class ExportableMaskFormer(nn.Module):

@@ -34,7 +34,12 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sigmoid_focal_dice_loss", "upsample_bilinear_adjoint", "DEFAULT_CHUNK_PIXELS"]
+__all__ = [
+    "sigmoid_focal_dice_loss",
+    "stack_target_masks",
+    "upsample_bilinear_adjoint",
+    "DEFAULT_CHUNK_PIXELS",
+]
 
 # Target pixels processed at once (whole masks, at least one): 2**21 is eight 512 x 512 masks,
 # 8 MiB per float temporary and about 60 MiB of workspace. Measured on 2 CPU threads: 1 to 8
@@ -288,3 +293,46 @@ def sigmoid_focal_dice_loss(
         return _SigmoidFocalDice.apply(
             logits, targets, target_index, alpha, gamma, chunk_pixels, with_grad
         )
+
+
+def stack_target_masks(
+    targets: Sequence[Dict[str, torch.Tensor]], binary: bool
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    All target masks of the batch in one tensor, zero-padded at the bottom/right to the largest
+    target size (padding is background), built once per batch and indexed by every layer.
+
+    Args:
+        targets (list[dict]): per-image ``"masks"`` of shape (N_i, H_i, W_i), bool or float.
+        binary (bool): return bool masks (for the full-resolution losses); float masks must
+            then hold only 0 and 1. Otherwise bool masks stay bool and others become float.
+
+    Returns:
+        (Tensor, Tensor): masks of shape (sum N_i, H, W), H and W being the largest H_i, W_i;
+        int64 (B,) index of each image's first mask in them.
+    """
+    height = max(t["masks"].shape[-2] for t in targets)
+    width = max(t["masks"].shape[-1] for t in targets)
+    masks = [_mask_dtype(t["masks"], binary) for t in targets]
+    if any(m.dtype != torch.bool for m in masks):
+        masks = [m.float() for m in masks]
+    sizes = torch.tensor([len(m) for m in masks])
+    first = torch.cumsum(sizes, 0) - sizes
+    if all(m.shape[-2:] == (height, width) for m in masks):
+        return (masks[0] if len(masks) == 1 else torch.cat(masks)), first
+    stacked = masks[0].new_zeros((int(sizes.sum()), height, width))
+    for m, start in zip(masks, first.tolist()):
+        stacked[start : start + len(m), : m.shape[-2], : m.shape[-1]] = m
+    return stacked, first
+
+
+def _mask_dtype(masks: torch.Tensor, binary: bool) -> torch.Tensor:
+    """``masks`` as bool if ``binary`` (rejecting values other than 0 and 1), else unchanged."""
+    if not binary or masks.dtype == torch.bool:
+        return masks
+    if masks.numel() and not bool(((masks == 0) | (masks == 1)).all()):
+        raise ValueError(
+            "SetCriterion: the full-resolution mask losses need binary target masks (0/1); "
+            "use point sampling (MODEL.MASK_FORMER.TRAIN_NUM_POINTS > 0) for soft targets"
+        )
+    return masks != 0

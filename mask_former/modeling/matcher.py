@@ -20,10 +20,13 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.config import configurable
 from detectron2.projects.point_rend.point_features import point_sample
 from detectron2.utils.events import get_event_storage
 from scipy.optimize import linear_sum_assignment
 from torch import nn
+
+from .precision import float_outputs
 
 __all__ = [
     "HungarianMatcher",
@@ -31,7 +34,9 @@ __all__ = [
     "pairwise_sigmoid_bce_cost",
     "pairwise_dice_cost",
     "sanitize_cost_matrix",
-    "float_outputs",
+    "weighted_cost",
+    "grid_cost_matrices",
+    "point_cost_matrices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -43,20 +48,8 @@ NON_FINITE_COST = 1e8
 # Set once the non-finite warning was logged, so that a diverging run does not flood the log.
 _warned_non_finite = False
 
-
-def float_outputs(outputs: Dict[str, object]) -> Dict[str, object]:
-    """
-    ``outputs`` with every tensor, also those of ``outputs["aux_outputs"]``, in float32: costs
-    and losses are computed in full precision even when the model ran under autocast.
-    """
-    converted = {}
-    for key, value in outputs.items():
-        if isinstance(value, torch.Tensor):
-            value = value.float()
-        elif key == "aux_outputs":
-            value = [float_outputs(aux) for aux in value]
-        converted[key] = value
-    return converted
+# (class, mask, dice) weights of the matching cost terms.
+CostWeights = Tuple[float, float, float]
 
 
 def pairwise_sigmoid_focal_cost(
@@ -212,23 +205,157 @@ def _assign(cost: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(pred_idx, dtype=torch.int64), torch.as_tensor(tgt_idx, dtype=torch.int64)
 
 
+def weighted_cost(
+    logits: torch.Tensor,
+    pred_flat: torch.Tensor,
+    labels: torch.Tensor,
+    tgt_flat: torch.Tensor,
+    weights: CostWeights,
+    focal: bool,
+) -> torch.Tensor:
+    """
+    The matching cost ``w_class * (-p(class)) + w_mask * mask_cost + w_dice * dice`` of every
+    prediction against every target. The mask cost is the sigmoid focal loss if ``focal``
+    (masks compared on the prediction grid), else the sigmoid BCE (masks compared on points).
+
+    Args:
+        logits (Tensor): class logits of shape (..., Q, K+1).
+        pred_flat (Tensor): mask logits of shape (..., Q, P).
+        labels (Tensor): target classes, int64 of shape (..., N).
+        tgt_flat (Tensor): target mask values of shape (..., N, P), in the dtype of pred_flat.
+        weights (float, float, float): the class, mask and dice weights.
+        focal (bool): focal (True) or BCE (False) mask cost.
+
+    Returns:
+        Tensor: cost matrices of shape (..., Q, N), in the dtype of pred_flat (may hold
+        non-finite values).
+    """
+    class_weight, mask_weight, dice_weight = weights
+    # The "1 -" of 1 - p(class) is a constant per target and does not change the matching.
+    prob = logits.softmax(-1)
+    index = labels.unsqueeze(-2).expand(*prob.shape[:-1], labels.shape[-1])
+    cost_class = -torch.gather(prob, -1, index)
+    mask_prob = pred_flat.sigmoid()
+    if focal:
+        mask_cost = pairwise_sigmoid_focal_cost(pred_flat, tgt_flat, prob=mask_prob)
+    else:
+        mask_cost = pairwise_sigmoid_bce_cost(pred_flat, tgt_flat)
+    return (
+        mask_weight * mask_cost
+        + class_weight * cost_class.to(pred_flat)
+        + dice_weight * pairwise_dice_cost(pred_flat, tgt_flat, prob=mask_prob)
+    )
+
+
+def _padded_grid_targets(
+    targets: List[Dict[str, torch.Tensor]], like: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+    """
+    The targets of a batch on the prediction grid, zero-padded to the largest N of the batch.
+
+    Args:
+        targets (list[dict]): B dicts with ``"labels"`` (N_b,) and ``"masks"`` (N_b, H, W).
+        like (Tensor): the mask logits (B, Q, h, w), whose grid, dtype and device are used.
+
+    Returns:
+        (Tensor, Tensor, list[int]): labels, int64 of shape (B, max N) (0 where padded);
+        nearest-downsampled masks of shape (B, max N, h * w) (0 where padded); the N_b.
+    """
+    sizes = [len(t["labels"]) for t in targets]
+    batch, _, h, w = like.shape
+    labels = torch.zeros((batch, max(sizes)), dtype=torch.int64, device=like.device)
+    masks = like.new_zeros((batch, max(sizes), h * w))
+    for b, (target, n) in enumerate(zip(targets, sizes)):
+        if n:
+            labels[b, :n] = target["labels"].to(like.device)
+            masks[b, :n] = _downsample(target["masks"], (h, w), like)
+    return labels, masks, sizes
+
+
+def grid_cost_matrices(
+    logits: torch.Tensor,
+    masks: torch.Tensor,
+    targets: List[Dict[str, torch.Tensor]],
+    weights: CostWeights,
+) -> List[torch.Tensor]:
+    """
+    Matching costs with masks compared on the prediction grid (MaskFormer): targets are
+    nearest-downsampled to (h, w) and the mask cost is a sigmoid focal loss. The costs of all
+    images are computed at once, on targets padded to the largest N of the batch (a
+    (B, Q, max N) tensor; never the (B*Q, sum N) cross product); each image keeps its own N
+    columns.
+
+    Args:
+        logits (Tensor): class logits of shape (B, Q, K+1).
+        masks (Tensor): mask logits of shape (B, Q, h, w).
+        targets (list[dict]): B dicts with ``"labels"`` (N_b,) and ``"masks"`` (N_b, H, W).
+        weights (float, float, float): the class, mask and dice weights.
+
+    Returns:
+        list[Tensor]: B cost matrices of shape (Q, N_b), on the CPU.
+    """
+    labels, tgt_flat, sizes = _padded_grid_targets(targets, masks)
+    cost = weighted_cost(logits, masks.flatten(2), labels, tgt_flat, weights, focal=True).cpu()
+    return [cost[b, :, :n] for b, n in enumerate(sizes)]
+
+
+def _sample_shared_points(
+    masks: torch.Tensor, tgt_masks: torch.Tensor, num_points: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    Sample predictions (Q, h, w) and targets (N, H, W) at the same ``num_points`` uniform
+    random points (normalised coordinates, so the two resolutions need not agree).
+
+    Returns:
+        (Tensor, Tensor): values of shape (Q, P) and (N, P).
+    """
+    coords = torch.rand(1, num_points, 2, device=masks.device)
+    pred = point_sample(
+        masks[:, None], coords.expand(masks.shape[0], -1, -1).to(masks), align_corners=False
+    )
+    tgt = point_sample(
+        tgt_masks[:, None],
+        coords.expand(tgt_masks.shape[0], -1, -1).to(tgt_masks),
+        align_corners=False,
+    )
+    return pred[:, 0], tgt[:, 0]
+
+
+def point_cost_matrices(
+    logits: torch.Tensor,
+    masks: torch.Tensor,
+    targets: List[Dict[str, torch.Tensor]],
+    weights: CostWeights,
+    num_points: int,
+) -> List[torch.Tensor]:
+    """
+    Matching costs with masks compared on ``num_points`` uniformly random points (Mask2Former),
+    drawn anew for each image and shared by its predictions and targets; the mask cost is a
+    sigmoid BCE. Same arguments and result as :func:`grid_cost_matrices`.
+    """
+    costs = []
+    for b, target in enumerate(targets):
+        pred_flat, tgt_flat = _sample_shared_points(masks[b], target["masks"].to(masks), num_points)
+        cost = weighted_cost(logits[b], pred_flat, target["labels"], tgt_flat, weights, False)
+        costs.append(cost.cpu())
+    return costs
+
+
 class HungarianMatcher(nn.Module):
     """
     One-to-one assignment of predictions to ground-truth segments that minimises
     ``cost_class * (-p(class)) + cost_mask * mask_loss + cost_dice * dice_loss``
     (MaskFormer, :paper:`MaskFormer`, section 3.2).
 
-    With ``num_points == 0`` (MaskFormer) masks are compared on the prediction grid: targets are
-    nearest-downsampled to (h, w) and the mask term is a sigmoid focal loss. With
-    ``num_points > 0`` (Mask2Former) both are compared on ``num_points`` uniformly random points
-    shared by all predictions and targets of an image, and the mask term is a sigmoid BCE.
-    On the grid, the costs of all images are computed at once, on targets padded to the largest
-    N of the batch (a (B, Q, max N) tensor; never the (B*Q, sum N) cross product); each image
-    is then solved on its own block.
+    With ``num_points == 0`` (MaskFormer) masks are compared on the prediction grid
+    (:func:`grid_cost_matrices`, all images at once); with ``num_points > 0`` (Mask2Former) on
+    random points (:func:`point_cost_matrices`). Each image is then solved on its own matrix.
     """
 
+    @configurable
     def __init__(
         self,
+        *,
         cost_class: float = 1.0,
         cost_mask: float = 1.0,
         cost_dice: float = 1.0,
@@ -252,6 +379,17 @@ class HungarianMatcher(nn.Module):
         self.cost_dice = cost_dice
         self.num_points = num_points
 
+    @classmethod
+    def from_config(cls, cfg) -> Dict[str, object]:
+        # The matching cost weighs its terms as the training loss does.
+        mf = cfg.MODEL.MASK_FORMER
+        return {
+            "cost_class": mf.CLASS_WEIGHT,
+            "cost_mask": mf.MASK_WEIGHT,
+            "cost_dice": mf.DICE_WEIGHT,
+            "num_points": mf.TRAIN_NUM_POINTS,
+        }
+
     @torch.no_grad()
     def forward(
         self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
@@ -268,113 +406,27 @@ class HungarianMatcher(nn.Module):
             int64 of the same length min(Q, N), such that prediction ``i[j]`` is matched to
             target ``t[j]``.
         """
-        pred_logits, pred_masks = outputs["pred_logits"], outputs["pred_masks"]
-        if len(targets) != pred_logits.shape[0]:
-            raise ValueError(
-                f"HungarianMatcher: {len(targets)} targets for a batch of {pred_logits.shape[0]}"
-            )
-        # Costs in float32, also under autocast (bfloat16 cannot even reach the solver).
-        with torch.autocast(device_type=pred_logits.device.type, enabled=False):
-            costs = self._image_costs(pred_logits.float(), pred_masks.float(), targets)
-        return [_assign(cost) for cost in costs]
+        return [_assign(cost) for cost in self.cost_matrices(outputs, targets)]
 
-    def _image_costs(
-        self, logits: torch.Tensor, masks: torch.Tensor, targets: List[Dict[str, torch.Tensor]]
+    @torch.no_grad()
+    def cost_matrices(
+        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
     ) -> List[torch.Tensor]:
         """
-        Cost matrices (Q, N_b) on the CPU, one per image b, from logits (B, Q, K+1) and mask
-        logits (B, Q, h, w).
+        The weighted cost matrices that :meth:`forward` solves: for each image, (Q, N) float32
+        on the CPU (may hold non-finite values). Same arguments as :meth:`forward`.
         """
-        if self.num_points > 0:
-            # Points are drawn per image: each image has its own set.
-            return [
-                self.cost_matrix(logits[b], masks[b], t["labels"], t["masks"]).cpu()
-                for b, t in enumerate(targets)
-            ]
-        sizes = [len(t["labels"]) for t in targets]
-        batch, _, h, w = masks.shape
-        labels = torch.zeros((batch, max(sizes)), dtype=torch.int64, device=logits.device)
-        tgt_flat = masks.new_zeros((batch, max(sizes), h * w))
-        for b, (target, n) in enumerate(zip(targets, sizes)):
-            if n:
-                labels[b, :n] = target["labels"].to(logits.device)
-                tgt_flat[b, :n] = _downsample(target["masks"], (h, w), masks)
-        cost = self._weighted_cost(logits, masks.flatten(2), labels, tgt_flat, focal=True).cpu()
-        return [cost[b, :, :n] for b, n in enumerate(sizes)]
-
-    def cost_matrix(
-        self,
-        logits: torch.Tensor,
-        masks: torch.Tensor,
-        labels: torch.Tensor,
-        tgt_masks: torch.Tensor,
-    ) -> torch.Tensor:
-        """
-        Weighted matching cost of one image, in the dtype of ``masks``.
-
-        Args:
-            logits (Tensor): class logits of shape (Q, K+1).
-            masks (Tensor): mask logits of shape (Q, h, w).
-            labels (Tensor): target classes, int64 of shape (N,).
-            tgt_masks (Tensor): target masks of shape (N, H, W).
-
-        Returns:
-            Tensor: cost matrix of shape (Q, N) (may hold non-finite values).
-        """
-        if self.num_points > 0:
-            pred_flat, tgt_flat = self._sample_points(masks, tgt_masks.to(masks))
-            return self._weighted_cost(logits, pred_flat, labels, tgt_flat, focal=False)
-        tgt_flat = _downsample(tgt_masks, masks.shape[-2:], masks)
-        return self._weighted_cost(logits, masks.flatten(1), labels, tgt_flat, focal=True)
-
-    def _weighted_cost(
-        self,
-        logits: torch.Tensor,
-        pred_flat: torch.Tensor,
-        labels: torch.Tensor,
-        tgt_flat: torch.Tensor,
-        focal: bool,
-    ) -> torch.Tensor:
-        """
-        ``cost_class * (-p(class)) + cost_mask * mask_cost + cost_dice * dice`` of logits
-        (..., Q, K+1), mask logits (..., Q, P), labels (..., N) and targets (..., N, P); returns
-        (..., Q, N). The mask cost is the sigmoid focal loss if ``focal``, else the sigmoid BCE.
-        """
-        # The "1 -" of 1 - p(class) is a constant per target and does not change the matching.
-        prob = logits.softmax(-1)
-        index = labels.unsqueeze(-2).expand(*prob.shape[:-1], labels.shape[-1])
-        cost_class = -torch.gather(prob, -1, index)
-        mask_prob = pred_flat.sigmoid()
-        if focal:
-            mask_cost = pairwise_sigmoid_focal_cost(pred_flat, tgt_flat, prob=mask_prob)
-        else:
-            mask_cost = pairwise_sigmoid_bce_cost(pred_flat, tgt_flat)
-        return (
-            self.cost_mask * mask_cost
-            + self.cost_class * cost_class.to(pred_flat)
-            + self.cost_dice * pairwise_dice_cost(pred_flat, tgt_flat, prob=mask_prob)
-        )
-
-    def _sample_points(
-        self, masks: torch.Tensor, tgt_masks: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """
-        Sample predictions (Q, h, w) and targets (N, H, W) at the same ``num_points`` uniform
-        random points (normalised coordinates, so the two resolutions need not agree).
-
-        Returns:
-            (Tensor, Tensor): values of shape (Q, P) and (N, P).
-        """
-        coords = torch.rand(1, self.num_points, 2, device=masks.device)
-        pred = point_sample(
-            masks[:, None], coords.expand(masks.shape[0], -1, -1).to(masks), align_corners=False
-        )
-        tgt = point_sample(
-            tgt_masks[:, None],
-            coords.expand(tgt_masks.shape[0], -1, -1).to(tgt_masks),
-            align_corners=False,
-        )
-        return pred[:, 0], tgt[:, 0]
+        batch = outputs["pred_logits"].shape[0]
+        if len(targets) != batch:
+            raise ValueError(f"HungarianMatcher: {len(targets)} targets for a batch of {batch}")
+        weights = (self.cost_class, self.cost_mask, self.cost_dice)
+        # Costs in float32, also under autocast (bfloat16 cannot even reach the solver).
+        with torch.autocast(device_type=outputs["pred_logits"].device.type, enabled=False):
+            outputs = float_outputs({k: outputs[k] for k in ("pred_logits", "pred_masks")})
+            logits, masks = outputs["pred_logits"], outputs["pred_masks"]
+            if self.num_points > 0:
+                return point_cost_matrices(logits, masks, targets, weights, self.num_points)
+            return grid_cost_matrices(logits, masks, targets, weights)
 
     def extra_repr(self) -> str:
         return (

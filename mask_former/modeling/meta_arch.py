@@ -13,7 +13,7 @@ Shape shorthand in this module:
 """
 
 import logging
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Sequence, Set, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -26,30 +26,30 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
 
-from .criterion import SetCriterion
+from .criterion import SetCriterion, loss_weights
 from .inference import (
     instance_inference,
     panoptic_inference,
     resize_mask_logits,
     semantic_inference,
 )
-from .matcher import HungarianMatcher
 from .precision import check_inference_precision, inference_autocast_dtype
 
-__all__ = ["MaskFormer", "check_finite_losses", "loss_weights", "thing_ids_from_metadata"]
+__all__ = [
+    "INFERENCE_OPTIONS",
+    "MaskFormer",
+    "batch_inference",
+    "check_finite_losses",
+    "group_by_padded_size",
+    "image_inference",
+    "inference_outputs",
+    "loss_weights",
+    "padded_image_size",
+    "prepare_targets",
+    "thing_ids_from_metadata",
+]
 
 logger = logging.getLogger(__name__)
-
-
-def loss_weights(
-    class_weight: float, mask_weight: float, dice_weight: float, num_aux_layers: int
-) -> Dict[str, float]:
-    """Weights of loss_ce/mask/dice and of their ``_i`` versions for i < num_aux_layers."""
-    base = {"loss_ce": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
-    weights = dict(base)
-    for i in range(num_aux_layers):
-        weights.update({f"{k}_{i}": v for k, v in base.items()})
-    return weights
 
 
 def check_finite_losses(losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -80,6 +80,174 @@ def thing_ids_from_metadata(dataset_name: str) -> Set[int]:
     return set(getattr(metadata, "thing_dataset_id_to_contiguous_id", {}).values())
 
 
+def padded_image_size(size: Tuple[int, int], size_divisibility: int) -> Tuple[int, int]:
+    """The padded size of an image of ``size`` (h, w) alone, as ImageList.from_tensors pads."""
+    if size_divisibility <= 1:
+        return tuple(size)
+    return tuple((s + size_divisibility - 1) // size_divisibility * size_divisibility for s in size)
+
+
+def group_by_padded_size(
+    sizes: Sequence[Tuple[int, int]], size_divisibility: int
+) -> List[List[int]]:
+    """
+    Indices of the images of ``sizes`` (h, w) grouped by their padded size alone (see
+    :func:`padded_image_size`), in order of first appearance, each group in input order.
+    """
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault(padded_image_size(tuple(size), size_divisibility), []).append(i)
+    return list(groups.values())
+
+
+def prepare_targets(
+    instances: Sequence, padded_size: Tuple[int, int], device: torch.device
+) -> List[Dict[str, torch.Tensor]]:
+    """
+    Targets for the criterion from per-image ``Instances`` (``gt_classes`` (N,), ``gt_masks``
+    (N, h, w) bool tensor or BitMasks): per image {"labels": (N,) int64, "masks": (N, H, W)} on
+    ``device``, the masks zero-padded (bottom/right) to the padded batch size (H, W).
+    """
+    h_pad, w_pad = padded_size
+    targets = []
+    for inst in instances:
+        masks = inst.gt_masks
+        if isinstance(masks, BitMasks):
+            masks = masks.tensor
+        masks = masks.to(device)
+        padded = masks.new_zeros((masks.shape[0], h_pad, w_pad))
+        padded[:, : masks.shape[1], : masks.shape[2]] = masks
+        targets.append({"labels": inst.gt_classes.to(device), "masks": padded})
+    return targets
+
+
+# The MaskFormer settings (constructor arguments and attributes) that image_inference takes.
+INFERENCE_OPTIONS = (
+    "sem_seg_postprocess_before_inference",
+    "semantic_on",
+    "panoptic_on",
+    "instance_on",
+    "thing_ids",
+    "object_mask_threshold",
+    "overlap_threshold",
+    "test_topk_per_image",
+)
+
+
+def image_inference(
+    mask_cls: torch.Tensor,
+    mask_pred: torch.Tensor,
+    size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    *,
+    padded_size: Tuple[int, int],
+    sem_seg_postprocess_before_inference: bool,
+    semantic_on: bool,
+    panoptic_on: bool,
+    instance_on: bool,
+    thing_ids: Set[int],
+    object_mask_threshold: float,
+    overlap_threshold: float,
+    test_topk_per_image: int,
+) -> Dict:
+    """
+    The output dict of one image from its class logits and low-resolution mask logits. The
+    mask logits are upsampled to the padded size and cropped to ``size`` as detectron2's
+    ``sem_seg_postprocess`` does, and resized to ``output_size`` before inference when
+    ``sem_seg_postprocess_before_inference`` (else the semantic scores are).
+
+    Args:
+        mask_cls (Tensor): class logits of shape (Q, K + 1).
+        mask_pred (Tensor): mask logits of shape (Q, H/4, W/4) of the padded batch.
+        size (int, int): (h, w), the image's size in the padded batch.
+        output_size (int, int): (height, width) of the results.
+        padded_size (int, int): (H, W) of the padded batch.
+        the others: the settings of :class:`MaskFormer` of the same names
+            (:data:`INFERENCE_OPTIONS`).
+
+    Returns:
+        dict: "sem_seg" (K, height, width), "panoptic_seg" and/or "instances", as enabled.
+    """
+    masks = resize_mask_logits(
+        mask_pred, padded_size, size, output_size if sem_seg_postprocess_before_inference else size
+    )
+    mask_cls = mask_cls.to(masks.dtype)
+    result = {}
+    if semantic_on:
+        semseg = semantic_inference(mask_cls, masks)
+        if tuple(semseg.shape[-2:]) != tuple(output_size):
+            semseg = sem_seg_postprocess(semseg, size, *output_size)
+        result["sem_seg"] = semseg
+    if panoptic_on:
+        result["panoptic_seg"] = panoptic_inference(
+            mask_cls, masks, thing_ids, object_mask_threshold, overlap_threshold
+        )
+    if instance_on:
+        result["instances"] = instance_inference(
+            mask_cls, masks, test_topk_per_image, thing_ids=thing_ids if panoptic_on else None
+        )
+    return result
+
+
+def inference_outputs(
+    backbone: nn.Module, sem_seg_head: nn.Module, images: torch.Tensor, precision: str
+) -> Dict[str, torch.Tensor]:
+    """
+    The network's last-layer outputs in inference: "pred_logits" (B, Q, K + 1) and
+    "pred_masks" (B, Q, H/4, W/4), float32, from normalised padded images (B, 3, H, W).
+    On the CPU the images enter in channels-last layout (oneDNN's convolutions are faster
+    on it, at identical results); ``precision`` (TEST.PRECISION) may autocast the network.
+    """
+    if images.device.type == "cpu":
+        images = images.contiguous(memory_format=torch.channels_last)
+    dtype = inference_autocast_dtype(precision, images.device.type)
+    with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+        outputs = sem_seg_head(backbone(images))
+    return {key: outputs[key].float() for key in ("pred_logits", "pred_masks")}
+
+
+def batch_inference(
+    outputs: Dict[str, torch.Tensor],
+    batched_inputs: List[Dict],
+    images: ImageList,
+    **options,
+) -> List[Dict]:
+    """
+    :func:`image_inference` of every image of a padded batch, retried on the CPU where the
+    full-resolution outputs of a large image do not fit on the GPU.
+
+    Args:
+        outputs (dict): "pred_logits" (B, Q, K + 1) and "pred_masks" (B, Q, H/4, W/4).
+        batched_inputs (list[dict]): the B input dicts, with optional "height" and "width"
+            (output size; default: the image's size).
+        images (ImageList): the padded batch (B, 3, H, W) and the image sizes.
+        options: the keyword-only settings of :func:`image_inference` but ``padded_size``.
+
+    Returns:
+        list[dict]: the B result dicts.
+    """
+    infer = retry_if_cuda_oom(image_inference)
+    padded_size = tuple(images.tensor.shape[-2:])
+    results = []
+    for mask_cls, mask_pred, inputs, size in zip(
+        outputs["pred_logits"], outputs["pred_masks"], batched_inputs, images.image_sizes
+    ):
+        output_size = (inputs.get("height", size[0]), inputs.get("width", size[1]))
+        results.append(
+            infer(mask_cls, mask_pred, tuple(size), output_size, padded_size=padded_size, **options)
+        )
+    return results
+
+
+def _check_outputs_enabled(semantic_on: bool, panoptic_on: bool, instance_on: bool) -> None:
+    """ValueError unless at least one kind of inference output is enabled."""
+    if not (semantic_on or panoptic_on or instance_on):
+        raise ValueError(
+            "MaskFormer: enable at least one of MODEL.MASK_FORMER.TEST.SEMANTIC_ON, "
+            "PANOPTIC_ON and INSTANCE_ON"
+        )
+
+
 @META_ARCH_REGISTRY.register()
 class MaskFormer(nn.Module):
     """
@@ -95,7 +263,6 @@ class MaskFormer(nn.Module):
         backbone: Backbone,
         sem_seg_head: nn.Module,
         criterion: nn.Module,
-        weight_dict: Dict[str, float],
         object_mask_threshold: float,
         overlap_threshold: float,
         thing_ids: Set[int],
@@ -113,8 +280,7 @@ class MaskFormer(nn.Module):
         Args:
             backbone: a detectron2 backbone.
             sem_seg_head: returns {"pred_logits", "pred_masks", "aux_outputs"} from features.
-            criterion: returns unweighted losses from (outputs, targets).
-            weight_dict: weight of each loss; losses not in it are dropped.
+            criterion: returns the weighted losses from (outputs, targets).
             object_mask_threshold, overlap_threshold: panoptic inference thresholds.
             thing_ids: contiguous ids of thing classes (panoptic and instance inference).
             size_divisibility: pad the batch to a multiple of this (<0: the backbone's).
@@ -127,15 +293,10 @@ class MaskFormer(nn.Module):
                 in inference, where the device supports it; see ``inference_autocast_dtype``).
         """
         super().__init__()
-        if not (semantic_on or panoptic_on or instance_on):
-            raise ValueError(
-                "MaskFormer: enable at least one of MODEL.MASK_FORMER.TEST.SEMANTIC_ON, "
-                "PANOPTIC_ON and INSTANCE_ON"
-            )
+        _check_outputs_enabled(semantic_on, panoptic_on, instance_on)
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.criterion = criterion
-        self.weight_dict = dict(weight_dict)
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
         self.thing_ids = set(thing_ids)
@@ -157,31 +318,11 @@ class MaskFormer(nn.Module):
     def from_config(cls, cfg):
         mf = cfg.MODEL.MASK_FORMER
         backbone = build_backbone(cfg)
-        sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
-        num_aux = mf.DEC_LAYERS - 1 if mf.DEEP_SUPERVISION else 0
-        weight_dict = loss_weights(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, num_aux)
-        matcher = HungarianMatcher(
-            cost_class=mf.CLASS_WEIGHT,
-            cost_mask=mf.MASK_WEIGHT,
-            cost_dice=mf.DICE_WEIGHT,
-            num_points=mf.TRAIN_NUM_POINTS,
-        )
-        criterion = SetCriterion(
-            sem_seg_head.num_classes,
-            matcher=matcher,
-            weight_dict=weight_dict,
-            eos_coef=mf.NO_OBJECT_WEIGHT,
-            losses=["labels", "masks"],
-            num_points=mf.TRAIN_NUM_POINTS,
-            oversample_ratio=mf.OVERSAMPLE_RATIO,
-            importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
-        )
         train_sets = cfg.DATASETS.TRAIN
         return {
             "backbone": backbone,
-            "sem_seg_head": sem_seg_head,
-            "criterion": criterion,
-            "weight_dict": weight_dict,
+            "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
+            "criterion": SetCriterion(cfg),
             "object_mask_threshold": mf.TEST.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": mf.TEST.OVERLAP_THRESHOLD,
             "thing_ids": thing_ids_from_metadata(train_sets[0]) if train_sets else set(),
@@ -227,8 +368,9 @@ class MaskFormer(nn.Module):
             return self.run_inference(batched_inputs)
         images = self.preprocess_image(batched_inputs)
         outputs = self.sem_seg_head(self.backbone(images.tensor))
-        targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
-        return check_finite_losses(self.weighted_losses(self.criterion(outputs, targets)))
+        instances = [x["instances"] for x in batched_inputs]
+        targets = prepare_targets(instances, images.tensor.shape[-2:], self.device)
+        return check_finite_losses(self.criterion(outputs, targets))
 
     def run_inference(self, batched_inputs: List[Dict]) -> List[Dict]:
         """
@@ -237,112 +379,17 @@ class MaskFormer(nn.Module):
         more than it would be alone: padding changes the features near the border and what the
         queries attend to, and an image's result must not depend on the batch it came in.
         """
-        groups: Dict[Tuple[int, int], List[int]] = {}
-        for i, x in enumerate(batched_inputs):
-            groups.setdefault(self._padded_size(x["image"].shape[-2:]), []).append(i)
+        options = {name: getattr(self, name) for name in INFERENCE_OPTIONS}
+        sizes = [x["image"].shape[-2:] for x in batched_inputs]
         results: List[Dict] = [{} for _ in batched_inputs]
-        for indices in groups.values():
-            group = [batched_inputs[i] for i in indices]
-            images = self.preprocess_image(group)
-            for i, result in zip(
-                indices, self.inference(self.predict(images.tensor), group, images)
-            ):
+        for group in group_by_padded_size(sizes, self.size_divisibility):
+            inputs = [batched_inputs[i] for i in group]
+            images = self.preprocess_image(inputs)
+            outputs = self.predict(images.tensor)
+            for i, result in zip(group, batch_inference(outputs, inputs, images, **options)):
                 results[i] = result
         return results
 
-    def _padded_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
-        """The padded size of an image of ``size`` (h, w) alone, as ImageList.from_tensors pads."""
-        stride = self.size_divisibility
-        if stride <= 1:
-            return tuple(size)
-        return tuple((s + stride - 1) // stride * stride for s in size)
-
     def predict(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """
-        The network's last-layer outputs in inference: "pred_logits" (B, Q, K + 1) and
-        "pred_masks" (B, Q, H/4, W/4), float32, from normalised padded images (B, 3, H, W).
-        On the CPU the images enter in channels-last layout (oneDNN's convolutions are faster
-        on it, at identical results); TEST.PRECISION may autocast the network.
-        """
-        if images.device.type == "cpu":
-            images = images.contiguous(memory_format=torch.channels_last)
-        dtype = inference_autocast_dtype(self.inference_precision, images.device.type)
-        with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
-            outputs = self.sem_seg_head(self.backbone(images))
-        return {key: outputs[key].float() for key in ("pred_logits", "pred_masks")}
-
-    def weighted_losses(self, losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Multiply each loss by its weight; drop losses without a weight."""
-        return {k: v * self.weight_dict[k] for k, v in losses.items() if k in self.weight_dict}
-
-    def prepare_targets(self, instances: List, images: ImageList) -> List[Dict[str, torch.Tensor]]:
-        """
-        Targets for the criterion: per image {"labels": (N,) int64, "masks": (N, H, W)}, the
-        masks zero-padded (bottom/right) to the padded batch size.
-        """
-        h_pad, w_pad = images.tensor.shape[-2:]
-        targets = []
-        for inst in instances:
-            masks = inst.gt_masks
-            if isinstance(masks, BitMasks):
-                masks = masks.tensor
-            masks = masks.to(self.device)
-            padded = masks.new_zeros((masks.shape[0], h_pad, w_pad))
-            padded[:, : masks.shape[1], : masks.shape[2]] = masks
-            targets.append({"labels": inst.gt_classes.to(self.device), "masks": padded})
-        return targets
-
-    def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
-        """Run the enabled inferences on each image's (class, mask) pairs."""
-        padded_size = tuple(images.tensor.shape[-2:])
-        results = []
-        for mask_cls, mask_pred, inputs, size in zip(
-            outputs["pred_logits"], outputs["pred_masks"], batched_inputs, images.image_sizes
-        ):
-            height, width = inputs.get("height", size[0]), inputs.get("width", size[1])
-            # Full-resolution outputs of large images may not fit on the GPU: retry on the CPU.
-            single = retry_if_cuda_oom(self._inference_single)
-            results.append(single(mask_cls, mask_pred, padded_size, tuple(size), height, width))
-        return results
-
-    def _inference_single(
-        self,
-        mask_cls: torch.Tensor,
-        mask_pred: torch.Tensor,
-        padded_size: Tuple[int, int],
-        size: Tuple[int, int],
-        height: int,
-        width: int,
-    ) -> Dict:
-        """
-        mask_cls (Q, K + 1) and low-resolution mask_pred (Q, h, w) of one image -> its output
-        dict. The mask logits are upsampled to the padded size and cropped to ``size`` as
-        detectron2's ``sem_seg_postprocess`` does, and resized to (height, width) before
-        inference when ``sem_seg_postprocess_before_inference`` (else the semantic scores are).
-        """
-        before = self.sem_seg_postprocess_before_inference
-        output_size = (height, width) if before else size
-        masks = resize_mask_logits(mask_pred, padded_size, size, output_size)
-        mask_cls = mask_cls.to(masks.dtype)
-        result = {}
-        if self.semantic_on:
-            semseg = semantic_inference(mask_cls, masks)
-            if tuple(semseg.shape[-2:]) != (height, width):
-                semseg = sem_seg_postprocess(semseg, size, height, width)
-            result["sem_seg"] = semseg
-        if self.panoptic_on:
-            result["panoptic_seg"] = panoptic_inference(
-                mask_cls,
-                masks,
-                self.thing_ids,
-                self.object_mask_threshold,
-                self.overlap_threshold,
-            )
-        if self.instance_on:
-            result["instances"] = instance_inference(
-                mask_cls,
-                masks,
-                self.test_topk_per_image,
-                thing_ids=self.thing_ids if self.panoptic_on else None,
-            )
-        return result
+        """:func:`inference_outputs` of this model's network on normalised padded images."""
+        return inference_outputs(self.backbone, self.sem_seg_head, images, self.inference_precision)

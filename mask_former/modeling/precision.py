@@ -1,17 +1,27 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """
-Inference precision: the autocast dtype that MODEL.MASK_FORMER.TEST.PRECISION asks for, given
-the device the model runs on and, on the CPU, whether it computes bfloat16 natively.
+Numerical precision of the model's two halves:
+
+* inference: the autocast dtype that MODEL.MASK_FORMER.TEST.PRECISION asks for, given the device
+  the model runs on and, on the CPU, whether it computes bfloat16 natively;
+* training: the matcher and the criterion convert the head's outputs to float32
+  (:func:`float_outputs`), so that costs and losses are computed in full precision also when the
+  network ran under autocast (SOLVER.AMP.ENABLED).
 """
 
 import logging
-from typing import Optional, Set, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 import torch
 
 from ..utils.cpu import cpu_capability, cpu_supports_native_bfloat16
 
-__all__ = ["INFERENCE_PRECISIONS", "check_inference_precision", "inference_autocast_dtype"]
+__all__ = [
+    "INFERENCE_PRECISIONS",
+    "check_inference_precision",
+    "float_outputs",
+    "inference_autocast_dtype",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,3 +67,18 @@ def inference_autocast_dtype(precision: str, device_type: str) -> Optional[torch
         return None
     _warn_once(precision, device_type, f"not supported on device type {device_type!r}")
     return None
+
+
+def float_outputs(outputs: Dict[str, object]) -> Dict[str, object]:
+    """
+    ``outputs`` with every tensor, also those of ``outputs["aux_outputs"]``, in float32: costs
+    and losses are computed in full precision even when the model ran under autocast.
+    """
+    converted = {}
+    for key, value in outputs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.float()
+        elif key == "aux_outputs":
+            value = [float_outputs(aux) for aux in value]
+        converted[key] = value
+    return converted

@@ -423,8 +423,7 @@ class TransformerPredictor(nn.Module):
         """
         super().__init__()
         self.mask_classification = mask_classification
-        self.aux_loss = deep_supervision
-        self.num_queries = num_queries
+        self.deep_supervision = deep_supervision
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
         self.transformer = Transformer(
             d_model=hidden_dim,
@@ -484,6 +483,6 @@ class TransformerPredictor(nn.Module):
             for out, logits in zip(per_layer, self.class_embed(hs)):
                 out["pred_logits"] = logits
         out = dict(per_layer[-1])
-        if self.aux_loss:
+        if self.deep_supervision:
             out["aux_outputs"] = per_layer[:-1]
         return out

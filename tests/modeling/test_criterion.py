@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 import yaml
+from model_testing import tiny_swin_cfg
 
 from mask_former.modeling.criterion import (
     SetCriterion,
@@ -18,8 +19,8 @@ from mask_former.modeling.criterion import (
     dice_loss,
     sigmoid_bce_loss,
     sigmoid_focal_loss,
-    stack_target_masks,
 )
+from mask_former.modeling.mask_losses import stack_target_masks
 from mask_former.modeling.matcher import HungarianMatcher
 
 FIXTURE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "tiny_swin_semantic"
@@ -39,6 +40,19 @@ class FixedMatcher(torch.nn.Module):
     def forward(self, outputs, targets):
         self.calls += 1
         return self.indices
+
+
+def _matcher(cost_class, cost_mask, cost_dice, num_points=0):
+    return HungarianMatcher(
+        cost_class=cost_class, cost_mask=cost_mask, cost_dice=cost_dice, num_points=num_points
+    )
+
+
+def _criterion(matcher, num_classes=4, no_object_weight=0.1, **kwargs):
+    """A criterion with unit loss weights (unless given): its losses are the plain formulas."""
+    return SetCriterion(
+        num_classes=num_classes, matcher=matcher, no_object_weight=no_object_weight, **kwargs
+    )
 
 
 def _sigmoid(x: float) -> float:
@@ -91,23 +105,30 @@ def _toy_batch(seed: int = 0, num_classes: int = 4):
 
 def test_ce_uses_no_object_weight():
     outputs, targets = _toy_batch()
-    indices = [([4, 1, 2], [0, 2, 1]), ([0], [0])]
-    crit = SetCriterion(4, FixedMatcher(indices), {}, eos_coef=0.1, losses=("labels",))
+    crit = _criterion(FixedMatcher(TOY_INDICES), losses=("labels",))
     assert crit.empty_weight.tolist() == pytest.approx([1, 1, 1, 1, 0.1])
     assert "empty_weight" in crit.state_dict()
-    # Expected classes per query: unmatched -> 4 (no object), weight 0.1.
-    classes = [[4, 2, 0, 4, 2], [3, 4, 4, 4, 4]]
+    losses = crit(outputs, targets)
+    assert set(losses) == {"loss_ce"}
+    assert losses["loss_ce"].item() == pytest.approx(_hand_ce(outputs), rel=1e-5)
+
+
+# Classes per query of _toy_batch under TOY_INDICES: unmatched -> 4 (no object).
+TOY_INDICES = [([4, 1, 2], [0, 2, 1]), ([0], [0])]
+TOY_CLASSES = [[4, 2, 0, 4, 2], [3, 4, 4, 4, 4]]
+
+
+def _hand_ce(outputs, no_object_weight=0.1):
+    """Weighted mean of the per-query NLL, written out with math.log / math.exp."""
     num, den = 0.0, 0.0
     for b in range(2):
         for q in range(5):
             row = outputs["pred_logits"][b, q].tolist()
-            c = classes[b][q]
+            c = TOY_CLASSES[b][q]
             nll = -(row[c] - math.log(sum(math.exp(v) for v in row)))
-            w = 0.1 if c == 4 else 1.0
+            w = no_object_weight if c == 4 else 1.0
             num, den = num + w * nll, den + w
-    losses = crit(outputs, targets)
-    assert set(losses) == {"loss_ce"}
-    assert losses["loss_ce"].item() == pytest.approx(num / den, rel=1e-5)
+    return num / den
 
 
 def _upsampled_focal_and_dice(outputs, targets, indices):
@@ -134,7 +155,7 @@ def _upsampled_focal_and_dice(outputs, targets, indices):
 def test_full_resolution_mask_losses_match_explicit_computation():
     outputs, targets = _toy_batch()
     indices = [([4, 1, 2], [0, 2, 1]), ([0], [0])]
-    crit = SetCriterion(4, FixedMatcher(indices), {}, eos_coef=0.1, losses=("masks",))
+    crit = _criterion(FixedMatcher(indices), losses=("masks",))
     losses = crit(outputs, targets)
     focal, dice = _upsampled_focal_and_dice(outputs, targets, indices)
     assert set(losses) == {"loss_mask", "loss_dice"}
@@ -142,17 +163,77 @@ def test_full_resolution_mask_losses_match_explicit_computation():
     assert losses["loss_dice"].item() == pytest.approx(dice, rel=1e-5)
 
 
+def test_losses_are_returned_weighted_in_every_layer():
+    """
+    The criterion owns the loss weights: each loss, of the last layer and of every aux layer,
+    is its own weight times the value of the plain formulas (computed here by hand).
+    """
+    outputs, targets = _toy_batch()
+    outputs["aux_outputs"] = [_toy_batch(seed=1)[0]]
+    weights = {"loss_ce": 2.0, "loss_mask": 20.0, "loss_dice": 3.0}
+    crit = _criterion(
+        FixedMatcher(TOY_INDICES),
+        no_object_weight=0.25,
+        class_weight=2.0,
+        mask_weight=20.0,
+        dice_weight=3.0,
+        num_aux_layers=1,
+    )
+    assert crit.loss_weight == {**weights, **{f"{k}_0": v for k, v in weights.items()}}
+    losses = crit(outputs, targets)
+    assert set(losses) == set(crit.loss_weight)
+    for suffix, layer in (("", outputs), ("_0", outputs["aux_outputs"][0])):
+        focal, dice = _upsampled_focal_and_dice(layer, targets, TOY_INDICES)
+        hand = {"loss_ce": _hand_ce(layer, 0.25), "loss_mask": focal, "loss_dice": dice}
+        for name, value in hand.items():
+            got = losses[name + suffix].item()
+            assert got == pytest.approx(weights[name] * value, rel=1e-5), name + suffix
+
+
+def test_criterion_and_matcher_from_config():
+    cfg = tiny_swin_cfg(
+        **{
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 6,
+            "MODEL.MASK_FORMER.CLASS_WEIGHT": 2.0,
+            "MODEL.MASK_FORMER.MASK_WEIGHT": 20.0,
+            "MODEL.MASK_FORMER.DICE_WEIGHT": 3.0,
+            "MODEL.MASK_FORMER.NO_OBJECT_WEIGHT": 0.25,
+            "MODEL.MASK_FORMER.DEC_LAYERS": 3,
+            "MODEL.MASK_FORMER.DEEP_SUPERVISION": True,
+            "MODEL.MASK_FORMER.TRAIN_NUM_POINTS": 0,
+        }
+    )
+    crit = SetCriterion(cfg)
+    assert crit.num_classes == 6 and crit.num_aux_layers == 2 and crit.num_points == 0
+    assert crit.empty_weight.tolist() == [1, 1, 1, 1, 1, 1, 0.25]
+    base = {"loss_ce": 2.0, "loss_mask": 20.0, "loss_dice": 3.0}
+    expected = dict(base)
+    for i in (0, 1):
+        expected.update({f"{k}_{i}": v for k, v in base.items()})
+    assert crit.loss_weight == expected
+    matcher = crit.matcher
+    assert isinstance(matcher, HungarianMatcher)
+    assert (matcher.cost_class, matcher.cost_mask, matcher.cost_dice) == (2.0, 20.0, 3.0)
+    assert matcher.num_points == 0
+    # Without deep supervision only the last layer has losses; keyword overrides of a cfg.
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = False
+    crit = SetCriterion(cfg, num_points=7, oversample_ratio=2.0)
+    assert crit.loss_weight == base and crit.num_aux_layers == 0
+    assert crit.num_points == 7 and crit.oversample_ratio == 2.0
+    assert HungarianMatcher(cfg, num_points=5).num_points == 5
+
+
 def test_aux_outputs_get_suffixed_losses_and_own_matching():
     outputs, targets = _toy_batch()
     aux = [_toy_batch(seed=s)[0] for s in (1, 2)]
     outputs["aux_outputs"] = aux
     matcher = FixedMatcher([([4, 1, 2], [0, 2, 1]), ([0], [0])])
-    crit = SetCriterion(4, matcher, {}, eos_coef=0.1)
+    crit = _criterion(matcher, num_aux_layers=2)
     losses = crit(outputs, targets)
     names = {"loss_ce", "loss_mask", "loss_dice"}
     assert set(losses) == names | {f"{n}_{i}" for n in names for i in (0, 1)}
     assert matcher.calls == 3
-    alone = SetCriterion(4, matcher, {}, eos_coef=0.1)(aux[1], targets)
+    alone = _criterion(matcher)(aux[1], targets)
     for name in names:
         assert losses[f"{name}_1"].item() == pytest.approx(alone[name].item(), rel=1e-6)
 
@@ -181,12 +262,12 @@ def _perfect_case():
 
 def test_perfect_prediction_gives_near_zero_losses():
     outputs, targets = _perfect_case()
-    crit = SetCriterion(2, HungarianMatcher(1.0, 20.0, 1.0), {}, 0.1)
+    crit = _criterion(_matcher(1.0, 20.0, 1.0), num_classes=2)
     losses = crit(outputs, targets)
     for name, value in losses.items():
         assert 0 <= value.item() < 1e-4, name
     # Sanity: the same masks given to the wrong targets are far from zero.
-    bad = SetCriterion(2, FixedMatcher([([0, 1], [0, 1])]), {}, 0.1)
+    bad = _criterion(FixedMatcher([([0, 1], [0, 1])]), num_classes=2)
     assert bad(outputs, targets)["loss_dice"].item() > 0.1
 
 
@@ -198,9 +279,9 @@ def test_perfect_prediction_point_sampled():
     torch.manual_seed(0)
     outputs, targets = _perfect_case()
     kwargs = dict(num_points=500, oversample_ratio=3.0, importance_sample_ratio=0.0)
-    matcher = HungarianMatcher(2.0, 5.0, 5.0, num_points=500)
-    good = SetCriterion(2, matcher, {}, 0.1, **kwargs)(outputs, targets)
-    bad = SetCriterion(2, FixedMatcher([([0, 1], [0, 1])]), {}, 0.1, **kwargs)(outputs, targets)
+    matcher = _matcher(2.0, 5.0, 5.0, num_points=500)
+    good = _criterion(matcher, num_classes=2, **kwargs)(outputs, targets)
+    bad = _criterion(FixedMatcher([([0, 1], [0, 1])]), num_classes=2, **kwargs)(outputs, targets)
     assert good["loss_ce"].item() < 1e-4
     for name in ("loss_mask", "loss_dice"):
         assert good[name].item() < 0.1 * bad[name].item(), (name, good[name], bad[name])
@@ -211,8 +292,8 @@ def test_zero_gt_gives_finite_losses_and_gradients(num_points):
     outputs, targets = _toy_batch()
     outputs = {k: v.clone().requires_grad_() for k, v in outputs.items()}
     empty = {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 12, 16)}
-    matcher = HungarianMatcher(1.0, 20.0, 1.0, num_points=num_points)
-    crit = SetCriterion(4, matcher, {}, 0.1, num_points=num_points)
+    matcher = _matcher(1.0, 20.0, 1.0, num_points=num_points)
+    crit = _criterion(matcher, num_points=num_points)
 
     # One empty image beside a non-empty one.
     losses = crit(outputs, [empty, targets[1]])
@@ -261,11 +342,9 @@ def test_uniform_point_losses_approach_full_resolution():
     errors = []
     for num_points in (30, 3000, 200000):
         torch.manual_seed(0)
-        crit = SetCriterion(
-            2,
+        crit = _criterion(
             FixedMatcher([([0, 1], [0, 1])]),
-            {},
-            0.1,
+            num_classes=2,
             losses=("masks",),
             num_points=num_points,
             oversample_ratio=1.0,
@@ -285,13 +364,15 @@ def test_uniform_point_losses_approach_full_resolution():
 def test_criterion_rejects_bad_arguments():
     matcher = HungarianMatcher()
     with pytest.raises(ValueError, match="unknown losses"):
-        SetCriterion(4, matcher, {}, 0.1, losses=("labels", "boxes"))
+        _criterion(matcher, losses=("labels", "boxes"))
     with pytest.raises(ValueError, match="importance_sample_ratio"):
-        SetCriterion(4, matcher, {}, 0.1, num_points=10, importance_sample_ratio=1.5)
+        _criterion(matcher, num_points=10, importance_sample_ratio=1.5)
     outputs, targets = _toy_batch()
+    with pytest.raises(ValueError, match="1 aux_outputs, but loss weights for 0"):
+        _criterion(matcher)({**outputs, "aux_outputs": [outputs]}, targets)
     targets[1]["labels"] = torch.tensor([4])  # == K: out of range
     with pytest.raises(ValueError, match=r"targets\[1\]\['labels'\].*\[4\]"):
-        SetCriterion(4, matcher, {}, 0.1)(outputs, targets)
+        _criterion(matcher)(outputs, targets)
 
 
 def _free_port() -> int:
@@ -351,15 +432,25 @@ def test_losses_match_reference_fixture():
         padded = torch.zeros(len(masks), height, width, dtype=torch.bool)
         padded[:, : masks.shape[1], : masks.shape[2]] = masks
         targets.append({"labels": torch.from_numpy(data[f"gt_classes{i}"]).long(), "masks": padded})
-    matcher = HungarianMatcher(1.0, mf["MASK_WEIGHT"], mf["DICE_WEIGHT"])
-    crit = SetCriterion(cfg["SEM_SEG_HEAD"]["NUM_CLASSES"], matcher, {}, mf["NO_OBJECT_WEIGHT"])
+    # The original has no CLASS_WEIGHT key: its class weight is 1.
+    weights = {
+        "class_weight": 1.0,
+        "mask_weight": mf["MASK_WEIGHT"],
+        "dice_weight": mf["DICE_WEIGHT"],
+    }
+    matcher = _matcher(*weights.values())
+    crit = _criterion(
+        matcher,
+        num_classes=cfg["SEM_SEG_HEAD"]["NUM_CLASSES"],
+        no_object_weight=mf["NO_OBJECT_WEIGHT"],
+        num_aux_layers=mf["DEC_LAYERS"] - 1,
+        **weights,
+    )
     losses = crit(outputs, targets)
-    weights = {"ce": 1.0, "mask": mf["MASK_WEIGHT"], "dice": mf["DICE_WEIGHT"]}
     reference = dict(zip(data["loss_names"].tolist(), data["loss_values"].tolist()))
     assert set(losses) == set(reference)
     for name, value in reference.items():
-        weight = weights[name.split("_")[1]]
-        assert losses[name].item() * weight == pytest.approx(value, rel=1e-4), name
+        assert losses[name].item() == pytest.approx(value, rel=1e-4), name
 
 
 def _plain_mask_losses(pred_masks, targets, indices, num_masks):
@@ -390,7 +481,7 @@ def test_full_resolution_gradients_equal_plain_autograd():
     pred_masks = (torch.randn(4, 5, 4, 5, generator=gen) * 3).requires_grad_()
     outputs = {"pred_logits": torch.randn(4, 5, 5, generator=gen), "pred_masks": pred_masks}
     indices = [([4, 0, 2], [1, 0, 2]), ([3, 1], [0, 1]), ([2], [0]), ([], [])]
-    crit = SetCriterion(4, FixedMatcher(indices), {}, 0.1, losses=("masks",))
+    crit = _criterion(FixedMatcher(indices), losses=("masks",))
     losses = crit(outputs, targets)
     (grad,) = torch.autograd.grad(20 * losses["loss_mask"] + losses["loss_dice"], pred_masks)
     focal, dice = _plain_mask_losses(pred_masks, targets, crit.matcher.indices, 6.0)

@@ -34,7 +34,7 @@ def _batch(num_segments):
 
 def _criterion():
     matcher = HungarianMatcher(cost_class=1.0, cost_mask=20.0, cost_dice=1.0)
-    return SetCriterion(NUM_CLASSES, matcher=matcher, weight_dict={}, eos_coef=0.1)
+    return SetCriterion(num_classes=NUM_CLASSES, matcher=matcher, no_object_weight=0.1)
 
 
 def _losses_and_grads(logits, masks, targets):

@@ -138,27 +138,38 @@ def test_matcher_recovers_permutation_from_masks():
         assert dict(zip(pred_idx.tolist(), tgt_idx.tolist())) == {0: 2, 1: 0, 2: 1}, matcher
 
 
-def test_cost_matrix_uses_nearest_downsampled_targets():
+def _reference_grid_cost(logits, masks, labels, small_targets, weights):
+    """
+    (Q, N) matching cost of one image from the per-pixel definitions, in plain Python loops:
+    ``w_class * -softmax(logits)[label] + w_mask * mean focal + w_dice * dice`` of the mask
+    logits (Q, h, w) against targets already at (h, w).
+    """
+    w_class, w_mask, w_dice = weights
+    pred, small = masks.flatten(1).tolist(), small_targets.double().flatten(1).tolist()
+    cost = torch.zeros(len(pred), len(small), dtype=torch.float64)
+    for q, row in enumerate(logits.tolist()):
+        prob = [math.exp(v) / sum(math.exp(u) for u in row) for v in row]
+        for n, label in enumerate(labels.tolist()):
+            focal = sum(_focal_pixel(x, t) for x, t in zip(pred[q], small[n])) / len(pred[q])
+            dice = _dice(pred[q], small[n])
+            cost[q, n] = -w_class * prob[label] + w_mask * focal + w_dice * dice
+    return cost
+
+
+def test_grid_costs_use_nearest_downsampled_targets():
     gen = torch.Generator().manual_seed(2)
     # Targets at 8x12 whose pixels differ inside every 4x4 block, so that nearest
     # downsampling (keeping pixel (4i, 4j)) differs from any averaging.
     gt = torch.rand(2, 8, 12, generator=gen) > 0.5
-    logits = torch.randn(3, 5, generator=gen, dtype=torch.float64)
-    masks = torch.randn(3, 2, 3, generator=gen, dtype=torch.float64)
+    logits = torch.randn(3, 5, generator=gen)
+    masks = torch.randn(3, 2, 3, generator=gen)
     labels = torch.tensor([4, 1])
     matcher = HungarianMatcher(cost_class=2.0, cost_mask=20.0, cost_dice=3.0)
-    cost = matcher.cost_matrix(logits, masks, labels, gt)
-
-    small = gt[:, ::4, ::4].double().flatten(1)
-    pred = masks.flatten(1)
-    prob = logits.softmax(-1)
-    expected = torch.zeros(3, 2, dtype=torch.float64)
-    for q in range(3):
-        for n in range(2):
-            xs, ts = pred[q].tolist(), small[n].tolist()
-            focal = sum(_focal_pixel(x, t) for x, t in zip(xs, ts)) / len(xs)
-            expected[q, n] = 20.0 * focal - 2.0 * prob[q, labels[n]] + 3.0 * _dice(xs, ts)
-    torch.testing.assert_close(cost, expected)
+    outputs = {"pred_logits": logits[None], "pred_masks": masks[None]}
+    [cost] = matcher.cost_matrices(outputs, [{"labels": labels, "masks": gt}])
+    assert cost.dtype == torch.float32 and cost.shape == (3, 2)
+    expected = _reference_grid_cost(logits, masks, labels, gt[:, ::4, ::4], (2.0, 20.0, 3.0))
+    torch.testing.assert_close(cost.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_matcher_empty_targets_and_batch():
@@ -203,7 +214,8 @@ def test_matcher_all_nan_still_returns_full_assignment(monkeypatch):
         "pred_masks": torch.full((1, 4, 2, 2), float("nan")),
     }
     targets = [{"labels": torch.tensor([0, 1]), "masks": torch.ones(2, 8, 8)}]
-    [(pred_idx, tgt_idx)] = HungarianMatcher(1.0, 20.0, 1.0)(outputs, targets)
+    matcher = HungarianMatcher(cost_class=1.0, cost_mask=20.0, cost_dice=1.0)
+    [(pred_idx, tgt_idx)] = matcher(outputs, targets)
     assert len(set(pred_idx.tolist())) == 2 and sorted(tgt_idx.tolist()) == [0, 1]
 
 
@@ -217,11 +229,11 @@ def test_matcher_rejects_bad_config_and_batch():
         HungarianMatcher()(outputs, targets * 2)
 
 
-def test_batched_grid_matching_equals_matching_each_image_alone():
+def test_batched_grid_matching_is_the_optimum_of_each_image():
     """
-    The grid path computes all images' costs at once on targets padded to the largest N:
-    padding must not leak into any image's assignment, whatever its N (3, 0, 5, 1 here), and a
-    batch must give what each image gives alone.
+    Training computes the grid costs of all images at once, on targets padded to the largest
+    N: each image's costs must equal its own per-pixel costs (computed here in loops), whatever
+    its N (3, 0, 5, 1 here), and its assignment the brute-force optimum of those costs.
     """
     gen = torch.Generator().manual_seed(5)
     num_queries, num_classes, sizes = 7, 4, (3, 0, 5, 1)
@@ -236,33 +248,33 @@ def test_batched_grid_matching_equals_matching_each_image_alone():
         }
         for n in sizes
     ]
+    weights = (2.0, 20.0, 1.0)
     matcher = HungarianMatcher(cost_class=2.0, cost_mask=20.0, cost_dice=1.0)
-    batched = matcher(outputs, targets)
+    costs = matcher.cost_matrices(outputs, targets)
+    matches = matcher(outputs, targets)
     for b, target in enumerate(targets):
-        alone = {key: value[b : b + 1] for key, value in outputs.items()}
-        [(pred_alone, tgt_alone)] = matcher(alone, [target])
-        pred_idx, tgt_idx = batched[b]
-        assert len(pred_idx) == sizes[b]
-        assert pred_idx.tolist() == pred_alone.tolist() and tgt_idx.tolist() == tgt_alone.tolist()
-        if sizes[b]:
-            # ... and the optimum of the image's own cost matrix.
-            cost = matcher.cost_matrix(
-                outputs["pred_logits"][b],
-                outputs["pred_masks"][b],
-                target["labels"],
-                target["masks"],
-            )
-            assert torch.isclose(cost[pred_idx, tgt_idx].sum(), _brute_force_min(cost))
+        expected = _reference_grid_cost(
+            outputs["pred_logits"][b],
+            outputs["pred_masks"][b],
+            target["labels"],
+            target["masks"][:, ::4, ::4],  # 24x20 -> 6x5: nearest keeps pixel (4i, 4j)
+            weights,
+        )
+        torch.testing.assert_close(costs[b].double(), expected, rtol=1e-5, atol=1e-5)
+        pred_idx, tgt_idx = matches[b]
+        assert len(pred_idx) == sizes[b] and sorted(tgt_idx.tolist()) == list(range(sizes[b]))
+        got = dict(zip(tgt_idx.tolist(), pred_idx.tolist()))
+        assert got == _brute_force_assignment(expected), b
 
 
-def _brute_force_min(cost: torch.Tensor) -> torch.Tensor:
-    """Minimum total cost over all injective assignments of the N targets to the Q queries."""
+def _brute_force_assignment(cost: torch.Tensor) -> dict:
+    """{target: query} minimising the total cost over all injective assignments."""
     num_queries, num_targets = cost.shape
     best = min(
-        sum(cost[q, n] for n, q in enumerate(queries))
-        for queries in itertools.permutations(range(num_queries), num_targets)
+        itertools.permutations(range(num_queries), num_targets),
+        key=lambda queries: sum(cost[q, n].item() for n, q in enumerate(queries)),
     )
-    return torch.as_tensor(best)
+    return dict(enumerate(best))
 
 
 @pytest.mark.parametrize(

@@ -153,13 +153,14 @@ def test_loss_weights_are_applied():
     model = build_model(cfg)
     batch = _train_batch(ODD_SIZES, [[0, 3], [2]])
     base = _train_losses(model, batch)
-    model.weight_dict = {k: v * (3.0 if "dice" in k else 1.0) for k, v in model.weight_dict.items()}
+    weights = model.criterion.loss_weight
+    model.criterion.loss_weight = {k: v * (3.0 if "dice" in k else 1.0) for k, v in weights.items()}
     scaled = _train_losses(model, batch)
     for k in base:
         factor = 3.0 if "dice" in k else 1.0
         assert math.isclose(scaled[k].item(), factor * base[k].item(), rel_tol=1e-5), k
     # MASK_WEIGHT 20 is applied to loss_mask: the unweighted criterion output is 20 times less.
-    model.weight_dict = {k: 1.0 for k in model.weight_dict}
+    model.criterion.loss_weight = {k: 1.0 for k in weights}
     unweighted = _train_losses(model, batch)
     assert math.isclose(base["loss_mask"].item(), 20 * unweighted["loss_mask"].item(), rel_tol=1e-5)
 
@@ -195,11 +196,29 @@ def test_padded_targets_are_background_top_left_aligned():
 
 
 def test_images_without_segments_train_with_finite_losses():
+    """
+    Without any segment every query is unmatched: the mask losses are exactly 0 and the class
+    loss of each layer is CLASS_WEIGHT times the mean "no object" cross-entropy of its logits
+    (all queries have the same class weight, so the weighted mean is the plain mean).
+    """
     torch.manual_seed(0)
-    model = build_model(tiny_swin_cfg())
+    model = build_model(tiny_swin_cfg(**{"MODEL.MASK_FORMER.CLASS_WEIGHT": 2.0}))
+    heads = []
+    model.sem_seg_head.register_forward_hook(lambda module, args, out: heads.append(out))
     losses = _train_losses(model, _train_batch(ODD_SIZES, [[], []]))
-    assert all(torch.isfinite(v) for v in losses.values())
+    [outputs] = heads
+    layers = {"": outputs, "_0": outputs["aux_outputs"][0]}
+    assert set(losses) == {f"loss_{n}{s}" for n in ("ce", "mask", "dice") for s in layers}
+    for suffix, layer in layers.items():
+        assert losses[f"loss_mask{suffix}"].item() == 0
+        assert losses[f"loss_dice{suffix}"].item() == 0
+        logits = layer["pred_logits"].detach().double()
+        assert logits.shape == (2, 5, 5)  # K + 1 = 5: "no object" is the last class
+        expected = 2.0 * -torch.log_softmax(logits, -1)[..., -1].mean()
+        assert losses[f"loss_ce{suffix}"].item() == pytest.approx(expected.item(), rel=1e-6)
     sum(losses.values()).backward()
+    class_embed = model.sem_seg_head.predictor.class_embed.weight.grad
+    assert torch.isfinite(class_embed).all() and class_embed.abs().sum() > 0
 
 
 def test_training_without_instances_is_a_clear_error():

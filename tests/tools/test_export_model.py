@@ -100,7 +100,7 @@ def test_metadata_and_restored_model(swin_export):
     assert props["size_divisibility"] == "32"
     assert props["outputs"] == "sem_seg"
     # The export computes the last decoder layer only; the model keeps deep supervision.
-    assert model.sem_seg_head.predictor.aux_loss
+    assert model.sem_seg_head.predictor.deep_supervision
     assert not model.training
 
 
