@@ -1,31 +1,74 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
-"""The config schema: the reference dump loads, and so does every YAML under configs/."""
+"""
+The config schema: the reference dump loads, every YAML under configs/ loads to exactly the
+values its files (and their _BASE_ files) write, and the loaders refuse YAML that would run
+Python code.
+"""
 
+import argparse
+import os
 from pathlib import Path
+from typing import Any, Dict
 
 import pytest
+import yaml
 
 from mask_former import get_mask_former_cfg
+from mask_former.predictor import build_predictor_cfg
+from tests.paths import CONFIGS, TINY_SWIN_SEMANTIC
+from tests.tools.tools_testing import load_script
 
-from .conftest import REFERENCE, REPO_ROOT
-
-CONFIG_DIR = REPO_ROOT / "configs"
-FIXTURE_CONFIG = REFERENCE / "tiny_swin_semantic" / "config.yaml"
+FIXTURE_CONFIG = TINY_SWIN_SEMANTIC / "config.yaml"
+YAML_FILES = sorted(CONFIGS.rglob("*.yaml"))
 
 
 def _new_cfg():
     return get_mask_former_cfg()
 
 
-def _yaml_files():
-    if not CONFIG_DIR.exists():
-        return [FIXTURE_CONFIG]  # until the config tree exists
-    return sorted(CONFIG_DIR.rglob("*.yaml"))
+def _written_values(path: Path) -> Dict[str, Any]:
+    """
+    {dotted key: value} of every leaf a YAML file sets, its _BASE_ chain resolved (a base
+    relative to the file, the file's own values winning), read with yaml.safe_load: what the
+    config files say, independently of detectron2's loader.
+    """
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    values = {}
+    base = data.pop("_BASE_", None)
+    if base is not None:
+        values.update(_written_values(path.parent / os.path.expanduser(base)))
+
+    def flatten(node: Dict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                flatten(value, f"{prefix}{key}.")
+            else:
+                values[prefix + key] = value
+
+    flatten(data, "")
+    return values
 
 
-def test_config_dir_is_not_silently_empty():
-    if CONFIG_DIR.exists():
-        assert list(CONFIG_DIR.rglob("*.yaml")), f"{CONFIG_DIR} exists but holds no YAML"
+def _plain(value):
+    """Lists and tuples compared alike (detectron2 turns YAML lists into tuples for some keys)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _assert_loaded_as_written(cfg, path: Path) -> int:
+    written = _written_values(path)
+    for key, value in written.items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        assert _plain(node) == _plain(value), f"{path.name}: {key} = {node!r}, file: {value!r}"
+    return len(written)
+
+
+def test_config_dir_holds_the_model_zoo_configs():
+    assert len(YAML_FILES) > 30, f"{CONFIGS} holds {len(YAML_FILES)} YAML files"
 
 
 def test_reference_config_dump_loads():
@@ -35,6 +78,8 @@ def test_reference_config_dump_loads():
     assert cfg.MODEL.SWIN.EMBED_DIM == 32
     assert cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES == 10
     assert cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ is True
+    # The dump names every key of the reference's config, and each loads with its value.
+    assert _assert_loaded_as_written(cfg, FIXTURE_CONFIG) > 200
 
 
 def test_unknown_key_is_rejected(tmp_path: Path):
@@ -64,11 +109,49 @@ def test_defaults_of_project_keys():
     assert cfg.INPUT.DATASET_MAPPER_NAME == "mask_former_semantic"
 
 
-@pytest.mark.parametrize("path", _yaml_files(), ids=lambda p: str(p.relative_to(p.parents[1])))
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_yaml_loads_safely(path: Path):
     cfg = _new_cfg()
     cfg.merge_from_file(str(path), allow_unsafe=False)
-    assert cfg.MODEL.META_ARCHITECTURE
+    # Every value the file and its bases write is the config's value after loading.
+    assert _assert_loaded_as_written(cfg, path) >= 3
+    if not path.name.startswith("Base-"):
+        assert cfg.MODEL.META_ARCHITECTURE in ("MaskFormer", "SemanticSegmentor")
+
+
+def _load_with(loader: str, path: str):
+    """Load the config file ``path`` the way one of the project's entry points does."""
+    if loader == "Predictor":
+        return build_predictor_cfg(path)
+    if loader == "demo":
+        demo = load_script("demo/demo.py")
+        return demo.setup_cfg(demo.get_parser().parse_args(["--config-file", path, "--input", "x"]))
+    if loader == "analyze_model":
+        args = argparse.Namespace(config_file=path, opts=[])
+        return load_script("tools/analyze_model.py").setup(args)
+    if loader == "check_dataset":
+        args = argparse.Namespace(config_file=path, opts=[])
+        return load_script("tools/check_dataset.py")._config_datasets(args)
+    if loader == "export_model":
+        return load_script("tools/export_model.py").setup_cfg(path, [])
+    raise AssertionError(loader)
+
+
+@pytest.mark.parametrize(
+    "loader", ["Predictor", "demo", "analyze_model", "check_dataset", "export_model"]
+)
+def test_python_tags_in_a_config_are_refused_not_run(tmp_path: Path, loader: str):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.yaml"
+    # Loaded with yaml.unsafe_load, this tag would call os.mkdir(marker).
+    evil.write_text(f'MODEL:\n  WEIGHTS: !!python/object/apply:os.mkdir ["{marker}"]\n')
+    with pytest.raises(yaml.constructor.ConstructorError, match="python/object/apply"):
+        _load_with(loader, str(evil))
+    assert not marker.exists()
+    # The same loader takes a plain config.
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("MODEL:\n  WEIGHTS: model.pth\n  DEVICE: cpu\n")
+    _load_with(loader, str(plain))
 
 
 def test_factory_returns_independent_configs_with_deeplab_and_mask_former_keys():

@@ -20,7 +20,7 @@ import torch
 from mask_former.data.datasets import load_panoptic_json, register_dataset
 from mask_former.data.datasets.shapes import shapes_metadata
 from mask_former.data.shapes_generator import SHAPES_SPLITS, generate_split, shapes_dir
-from mask_former.engine import get_mask_former_cfg
+from tests.modeling.model_testing import tiny_cfg as tiny_model_cfg
 
 PREFIX = "engine_e2e_"
 TRAIN, VAL = PREFIX + "shapes_panoptic_train", PREFIX + "shapes_panoptic_val"
@@ -69,26 +69,23 @@ def make_tiny_datasets(root: str) -> str:
 
 
 def tiny_cfg(out_dir: str, **opts):
-    """A MaskFormer with a ResNet-18 and a 32-wide head on 64 px images, 2 iterations."""
-    cfg = get_mask_former_cfg()
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.META_ARCHITECTURE = "MaskFormer"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [123.7, 116.3, 103.5], [58.4, 57.1, 57.4]
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "FrozenBN"  # per-image: batch composition does not matter
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    head = cfg.MODEL.SEM_SEG_HEAD
-    head.NAME, head.NUM_CLASSES, head.IGNORE_VALUE = "MaskFormerHead", 6, 255
-    head.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    head.CONVS_DIM = head.MASK_DIM = 32
-    head.NORM = "GN"
-    mf = cfg.MODEL.MASK_FORMER
-    mf.HIDDEN_DIM, mf.NHEADS, mf.DIM_FEEDFORWARD, mf.DEC_LAYERS = 32, 2, 64, 2
-    mf.NUM_OBJECT_QUERIES, mf.DROPOUT = 8, 0.0
-    mf.TEST.PANOPTIC_ON = mf.TEST.SEMANTIC_ON = True
+    """
+    The tests' tiny MaskFormer (tests/modeling/model_testing.py) on a ResNet-18, for the 6
+    classes of the tiny shapes datasets, on 64 px images, 2 iterations; then ``opts``.
+    """
+    cfg = tiny_model_cfg(
+        "resnet18",
+        **{
+            "MODEL.PIXEL_MEAN": [123.7, 116.3, 103.5],
+            "MODEL.PIXEL_STD": [58.4, 57.1, 57.4],
+            "MODEL.RESNETS.NORM": "FrozenBN",  # per-image: batch composition does not matter
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 6,
+            "MODEL.SEM_SEG_HEAD.IGNORE_VALUE": 255,
+            "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 8,
+            "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True,
+            "MODEL.MASK_FORMER.TEST.SEMANTIC_ON": True,
+        },
+    )
     cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (TRAIN,), (VAL,)
     cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_panoptic"
     cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (64,), 64

@@ -13,11 +13,12 @@ import pytest
 import torch
 from detectron2.data.datasets import load_sem_seg
 from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR
+from e2e_helpers import tiny_cfg
 
 from mask_former.data.datasets import register_dataset
 from mask_former.data.datasets.shapes import shapes_metadata
 from mask_former.data.shapes_generator import SHAPES_SPLITS, generate_split, shapes_dir
-from mask_former.engine import Trainer, get_mask_former_cfg
+from mask_former.engine import Trainer
 
 TRAIN = "resume_test_shapes_sem_seg_train"
 BASE_LR, MAX_ITER, SAVED_ITER = 1e-3, 4, 2  # the checkpoint of iteration 2; 3 is left to run
@@ -38,34 +39,20 @@ def datasets_root(tmp_path_factory) -> str:
 
 
 def _cfg(out_dir: str):
-    """A MaskFormer with a ResNet-18 and a 32-wide head on 64 px images."""
-    cfg = get_mask_former_cfg()
-    cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", ""
-    cfg.MODEL.META_ARCHITECTURE = "MaskFormer"
-    cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = [123.7, 116.3, 103.5], [58.4, 57.1, 57.4]
-    cfg.MODEL.BACKBONE.FREEZE_AT = 2  # stem and res2 frozen: not in the optimizer
-    cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 18, 64
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    head = cfg.MODEL.SEM_SEG_HEAD
-    head.NAME, head.NUM_CLASSES, head.IGNORE_VALUE = "MaskFormerHead", 6, 255
-    head.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    head.CONVS_DIM = head.MASK_DIM = 32
-    head.NORM = "GN"
-    mf = cfg.MODEL.MASK_FORMER
-    mf.HIDDEN_DIM, mf.NHEADS, mf.DIM_FEEDFORWARD, mf.DEC_LAYERS = 32, 2, 64, 2
-    mf.NUM_OBJECT_QUERIES, mf.DROPOUT = 8, 0.0
-    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (TRAIN,), ()
-    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
-    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (64,), 64
-    cfg.INPUT.CROP.ENABLED = False
-    cfg.INPUT.SIZE_DIVISIBILITY = 64
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER, cfg.SOLVER.BASE_LR = 2, MAX_ITER, BASE_LR
-    cfg.SOLVER.LR_SCHEDULER_NAME, cfg.SOLVER.WARMUP_ITERS = "WarmupPolyLR", 0
-    cfg.SOLVER.CHECKPOINT_PERIOD = 1000
-    cfg.TEST.EVAL_PERIOD = 0
-    cfg.OUTPUT_DIR = out_dir
-    return cfg
+    """The tiny MaskFormer of the end-to-end tests on TRAIN, frozen stem and res2, no test set."""
+    return tiny_cfg(
+        out_dir,
+        **{
+            "MODEL.BACKBONE.FREEZE_AT": 2,  # stem and res2 frozen: not in the optimizer
+            "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": False,
+            "DATASETS.TRAIN": (TRAIN,),
+            "DATASETS.TEST": (),
+            "INPUT.DATASET_MAPPER_NAME": "mask_former_semantic",
+            "SOLVER.MAX_ITER": MAX_ITER,
+            "SOLVER.BASE_LR": BASE_LR,
+            "SOLVER.CLIP_GRADIENTS.ENABLED": False,
+        },
+    )
 
 
 def _original_optimizer(model: torch.nn.Module):

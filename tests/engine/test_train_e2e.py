@@ -4,14 +4,18 @@ End to end on a tiny shapes dataset (4 train / 2 val images): ``train_net.py`` t
 evaluation, ``--eval-only``, ``--resume``, and 2-process CPU (gloo) training.
 """
 
+import json
 import os
 
+import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, build_detection_train_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer
 from e2e_helpers import (
+    VAL,
     make_tiny_datasets,
     read_metrics,
     register_and_run,
@@ -19,6 +23,7 @@ from e2e_helpers import (
     train_args,
     write_cfg,
 )
+from PIL import Image
 
 import train_net
 from mask_former.data import MaskFormerPanopticDatasetMapper
@@ -102,9 +107,55 @@ def test_resume_continues_at_the_next_iteration(datasets_root, tmp_path):
         assert "Starting training from iteration 2" in f.read()
 
 
+def _semantic_metrics_of_saved_predictions(inference_dir: str, dataset: str) -> dict:
+    """
+    pACC, mIoU and each class's IoU (in %), computed here from SemSegEvaluator's saved
+    predictions (one RLE per image and predicted class) and the ground-truth PNGs: the
+    definitions of detectron2's SemSegEvaluator, written out independently of it.
+    """
+    meta = MetadataCatalog.get(dataset)
+    contiguous = meta.stuff_dataset_id_to_contiguous_id
+    with open(os.path.join(inference_dir, "sem_seg_predictions.json")) as f:
+        predictions = json.load(f)
+    records = {r["file_name"]: r for r in DatasetCatalog.get(dataset)}
+    assert {p["file_name"] for p in predictions} == set(records)  # every image, once gathered
+    num_classes = len(meta.stuff_classes)
+    tp, gt_area, pred_area = (np.zeros(num_classes) for _ in range(3))
+    for file_name, record in records.items():
+        gt = np.asarray(Image.open(record["sem_seg_file_name"]), dtype=np.int64)
+        pred = np.full(gt.shape, -1)
+        for p in predictions:
+            if p["file_name"] == file_name:
+                mask = mask_util.decode(p["segmentation"]).astype(bool)
+                assert (pred[mask] == -1).all()  # one class per pixel
+                pred[mask] = contiguous[p["category_id"]]
+        assert (pred >= 0).all()
+        valid = gt != meta.ignore_label
+        for c in range(num_classes):
+            tp[c] += np.sum(valid & (gt == c) & (pred == c))
+            gt_area[c] += np.sum(valid & (gt == c))
+            pred_area[c] += np.sum(valid & (pred == c))
+    present = gt_area > 0
+    iou = tp[present] / (gt_area + pred_area - tp)[present]
+    result = {"pACC": 100 * tp.sum() / gt_area.sum()}
+    # Classes that are only predicted count as IoU 0 in the mean.
+    result["mIoU"] = 100 * iou.sum() / np.sum(present | (pred_area > 0))
+    for name, value in zip(np.asarray(meta.stuff_classes)[present], iou):
+        result[f"IoU-{name}"] = 100 * value
+    return result
+
+
 def test_two_cpu_processes_train_and_evaluate(datasets_root, tmp_path):
+    """
+    Two gloo processes train and then evaluate, each on one of the 2 validation images. The
+    logged metrics must be those of both images: one process evaluating the run's final
+    weights on the same images gets the same numbers, and the semantic ones also follow from
+    the run's saved predictions.
+    """
     out = str(tmp_path / "run")
-    config = write_cfg(tiny_cfg(out, **{"SOLVER.MAX_ITER": 3}), tmp_path / "tiny.yaml")
+    # A larger step than the default's, so that 3 iterations give segments that match.
+    opts = {"SOLVER.MAX_ITER": 3, "SOLVER.BASE_LR": 1e-3, "SOLVER.CLIP_GRADIENTS.ENABLED": False}
+    config = write_cfg(tiny_cfg(out, **opts), tmp_path / "tiny.yaml")
     args = train_args(config, num_gpus=2)
     launch(
         register_and_run,
@@ -118,7 +169,32 @@ def test_two_cpu_processes_train_and_evaluate(datasets_root, tmp_path):
     assert "World size: 2" in log
     last = read_metrics(out)[-1]
     assert last["iteration"] == 3  # the evaluation after the 3 iterations
-    assert "panoptic_seg/PQ" in last and "sem_seg/mIoU" in last
+    logged = {k: v for k, v in last.items() if k.startswith(("sem_seg/", "panoptic_seg/"))}
+
+    single = train_net.main(
+        train_args(
+            config,
+            "MODEL.WEIGHTS",
+            os.path.join(out, "model_final.pth"),
+            "OUTPUT_DIR",
+            str(tmp_path / "eval"),
+            eval_only=True,
+        )
+    )
+    expected = {f"{task}/{k}": v for task, metrics in single.items() for k, v in metrics.items()}
+    assert logged.keys() == expected.keys()
+    for key, value in expected.items():
+        assert logged[key] == pytest.approx(value, abs=1e-4, nan_ok=True), key
+
+    independent = _semantic_metrics_of_saved_predictions(os.path.join(out, "inference"), VAL)
+    for key, value in independent.items():
+        assert logged[f"sem_seg/{key}"] == pytest.approx(value, abs=1e-6), key
+    # What no evaluator can give: a panoptic quality above its segmentation or recognition
+    # quality (PQ = SQ x RQ per class), or percentages outside [0, 100].
+    for suffix in ("", "_th", "_st"):
+        pq, sq, rq = (logged[f"panoptic_seg/{m}{suffix}"] for m in ("PQ", "SQ", "RQ"))
+        assert 0 <= pq <= min(sq, rq) + 1e-6 and max(sq, rq) <= 100, suffix
+    assert 0 < logged["sem_seg/pACC"] <= 100 and logged["panoptic_seg/PQ"] > 0, logged
 
 
 class _FixedOrderTrainer(Trainer):
