@@ -6,6 +6,7 @@ used: ``build_model``, ``DetectionCheckpointer`` and ``model(batched_inputs)``; 
 outputs are captured with forward hooks.
 """
 
+import math
 import pickle
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
-from model_testing import base_cfg, fixture_dirs
+from model_testing import base_cfg, fixture_dirs, set_keys
 
 from mask_former.modeling import semantic_inference
 
@@ -34,13 +35,7 @@ def _cfg(fixture: Path, **overrides):
     cfg = base_cfg()
     cfg.merge_from_file(str(fixture / "config.yaml"))
     cfg.MODEL.DEVICE = "cpu"
-    for key, value in overrides.items():
-        node = cfg
-        *path, last = key.split(".")
-        for part in path:
-            node = getattr(node, part)
-        setattr(node, last, value)
-    return cfg
+    return set_keys(cfg, overrides)
 
 
 def _old_layout_copy(fixture: Path, tmp_path: Path) -> Path:
@@ -207,37 +202,68 @@ def test_loss_parity(fixture):
 
 
 def _independent_panoptic(mask_cls, mask_pred, thing_ids, object_threshold, overlap_threshold):
-    """MaskFormer's panoptic rule written out pixel by pixel from the spec (section 2.4)."""
-    probs = torch.softmax(mask_cls.double(), -1)
-    num_classes = mask_cls.shape[-1] - 1
-    sig = torch.sigmoid(mask_pred.double())
-    kept = []
-    for q in range(mask_cls.shape[0]):
-        score, label = probs[q].max(0)
-        if label.item() != num_classes and score.item() > object_threshold:
-            kept.append((q, score.item(), label.item()))
-    h, w = mask_pred.shape[-2:]
-    seg = np.zeros((h, w), np.int32)
-    rows = []
+    """
+    MaskFormer's panoptic inference as reference-facts.md (section 2.4) states it, pixel by
+    pixel in Python floats (float64), sharing nothing with the library's vectorised code.
+
+    Returns:
+        the (H, W) int32 segment map, the (n, 3) rows (id, category_id, isthing) and, for the
+        checks of the test, {"unsure": #queries dropped by the object threshold, "merged":
+        #stuff queries that joined an earlier segment of their class, "dropped": #kept queries
+        that made no segment}.
+    """
+    num_classes = len(mask_cls[0]) - 1
+    kept = []  # (query, score, label) of the queries kept, in query order
+    counts = {"unsure": 0, "merged": 0, "dropped": 0}
+    for q, logits in enumerate(mask_cls):
+        top = max(logits)
+        exps = [math.exp(v - top) for v in logits]
+        probs = [e / sum(exps) for e in exps]
+        score = max(probs)
+        label = probs.index(score)
+        if label != num_classes and score > object_threshold:
+            kept.append((q, score, label))
+        elif label != num_classes:
+            counts["unsure"] += 1
+    height, width = len(mask_pred[0]), len(mask_pred[0][0])
+    seg = np.zeros((height, width), np.int32)
     if not kept:
-        return seg, np.zeros((0, 3), np.int64)
-    owner = np.argmax(np.stack([s * sig[q].numpy() for q, s, _ in kept]), axis=0)
-    stuff = {}
-    for k, (q, _, label) in enumerate(kept):
-        owned = owner == k
-        area, own = owned.sum(), (sig[q] >= 0.5).sum().item()
-        if area == 0 or own == 0 or area / own < overlap_threshold:
+        return seg, np.zeros((0, 3), np.int64), counts
+    owner = [[0] * width for _ in range(height)]
+    owned, own = [0] * len(kept), [0] * len(kept)
+    for y in range(height):
+        for x in range(width):
+            best = None
+            for k, (q, score, _) in enumerate(kept):
+                prob = 1.0 / (1.0 + math.exp(-mask_pred[q][y][x]))
+                own[k] += prob >= 0.5
+                if best is None or score * prob > best:  # ties: the first query
+                    best, owner[y][x] = score * prob, k
+            owned[owner[y][x]] += 1
+    segment_of, rows, stuff_segment = [0] * len(kept), [], {}
+    for k, (_, _, label) in enumerate(kept):
+        if owned[k] == 0 or own[k] == 0 or owned[k] / own[k] < overlap_threshold:
+            counts["dropped"] += 1
             continue
         isthing = label in thing_ids
-        if not isthing and label in stuff:
-            seg[owned] = stuff[label]
+        if not isthing and label in stuff_segment:
+            segment_of[k] = stuff_segment[label]
+            counts["merged"] += 1
             continue
-        new_id = len(rows) + 1
+        rows.append((len(rows) + 1, label, int(isthing)))
+        segment_of[k] = len(rows)
         if not isthing:
-            stuff[label] = new_id
-        seg[owned] = new_id
-        rows.append((new_id, label, int(isthing)))
-    return seg, np.array(rows, np.int64).reshape(-1, 3)
+            stuff_segment[label] = len(rows)
+    for y in range(height):
+        for x in range(width):
+            seg[y, x] = segment_of[owner[y][x]]
+    return seg, np.array(rows, np.int64).reshape(-1, 3), counts
+
+
+# The panoptic check on the public fixture: thing classes (dataset id -> contiguous id) and
+# thresholds with which every rule of the inference decides something in the designed cases.
+THING_IDS = {11: 1, 13: 3, 17: 5}
+OBJECT_MASK_THRESHOLD, OVERLAP_THRESHOLD = 0.7, 0.3
 
 
 def test_panoptic_check_path_on_public_fixture():
@@ -247,31 +273,34 @@ def test_panoptic_check_path_on_public_fixture():
     independent implementation of the panoptic rule.
     """
     fixture = FIXTURES[FIXTURE_IDS.index("tiny_swin_semantic")]
-    MetadataCatalog.get("_test_panoptic_things").set(
-        thing_dataset_id_to_contiguous_id={11: 1, 13: 3, 17: 5}
-    )
+    MetadataCatalog.get("_test_panoptic_things").set(thing_dataset_id_to_contiguous_id=THING_IDS)
     io = dict(np.load(fixture / "io.npz"))
     cases = _designed_cases(io)
     overrides = {
         "MODEL.MASK_FORMER.SIZE_DIVISIBILITY": 0,
         "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True,
-        "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": 0.2,
-        "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD": 0.5,
+        "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": OBJECT_MASK_THRESHOLD,
+        "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD": OVERLAP_THRESHOLD,
         "DATASETS.TRAIN": ("_test_panoptic_things",),
     }
     model = build_model(_cfg(fixture, **overrides))
-    num_segments = 0
+    thing_ids = set(THING_IDS.values())
+    totals = {"segments": 0, "things": 0, "unsure": 0, "merged": 0, "dropped": 0}
     for case in cases:
-        seg, info = _independent_panoptic(
-            torch.from_numpy(io[f"{case}_mask_cls"]),
-            torch.from_numpy(io[f"{case}_mask_pred"]),
-            {1, 3, 5},
-            0.2,
-            0.5,
+        seg, info, counts = _independent_panoptic(
+            io[f"{case}_mask_cls"].tolist(),
+            io[f"{case}_mask_pred"].tolist(),
+            thing_ids,
+            OBJECT_MASK_THRESHOLD,
+            OVERLAP_THRESHOLD,
         )
         io[f"{case}_panoptic_seg"], io[f"{case}_segments_info"] = seg, info
-        num_segments += len(info)
-    assert num_segments > 0, "designed cases give no segment: the check would be vacuous"
+        totals["segments"] += len(info)
+        totals["things"] += int(info[:, 2].sum())
+        for key, value in counts.items():
+            totals[key] += value
+    # Every rule of the inference decides something in these cases (else a check is vacuous).
+    assert all(totals.values()), totals
     for case, result in zip(cases, run_designed_cases(model, io, cases)):
         _check_panoptic(
             result["panoptic_seg"], io[f"{case}_panoptic_seg"], io[f"{case}_segments_info"], case
