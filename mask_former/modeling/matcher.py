@@ -336,7 +336,7 @@ def point_cost_matrices(
     costs = []
     for b, target in enumerate(targets):
         pred_flat, tgt_flat = _sample_shared_points(masks[b], target["masks"].to(masks), num_points)
-        cost = weighted_cost(logits[b], pred_flat, target["labels"], tgt_flat, weights, False)
+        cost = weighted_cost(logits[b], pred_flat, target["labels"], tgt_flat, weights, focal=False)
         costs.append(cost.cpu())
     return costs
 

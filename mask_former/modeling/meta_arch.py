@@ -210,7 +210,7 @@ def batch_inference(
     outputs: Dict[str, torch.Tensor],
     batched_inputs: List[Dict],
     images: ImageList,
-    **options,
+    **options: object,
 ) -> List[Dict]:
     """
     :func:`image_inference` of every image of a padded batch, retried on the CPU where the
