@@ -243,7 +243,12 @@ def test_setup_merges_file_and_opts_and_falls_back_to_cpu(tmp_path, monkeypatch)
     assert "CUDA is not available: using the CPU" in (tmp_path / "o" / "log.txt").read_text()
 
 
-def test_cpu_config_runs_on_cpu_even_with_cuda(tmp_path):
+@pytest.mark.parametrize("cuda", [True, False], ids=["with_cuda", "without_cuda"])
+def test_runs_on_cpu_for_a_cpu_config_or_without_cuda(tmp_path, monkeypatch, cuda):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)  # both branches anywhere
     config = tmp_path / "cpu.yaml"
     config.write_text("MODEL:\n  DEVICE: cpu\n")
     assert runs_on_cpu(argparse.Namespace(config_file=str(config), opts=[]))
+    # A CUDA config (detectron2's default device) uses the GPUs only where there are some.
+    on_gpu = argparse.Namespace(config_file="", opts=["MODEL.DEVICE", "cuda"])
+    assert runs_on_cpu(on_gpu) is not cuda

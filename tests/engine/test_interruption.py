@@ -8,12 +8,14 @@ left partial, and a resume does not trust a partial file.
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
 import pytest
 import torch
 from detectron2.data.build import build_batch_data_loader
@@ -203,3 +205,32 @@ def test_resumed_sampler_gives_the_batches_of_an_uninterrupted_run(grouping, num
         3,
     )  # the same stream as detectron2's sampler
     assert _batches(loader(skip), total - skip) == uninterrupted[skip:]
+
+
+@pytest.mark.parametrize("cuda", [True, False], ids=["cuda_in_use", "no_cuda"])
+def test_saved_random_state_has_the_cuda_generators_where_cuda_is_used(monkeypatch, cuda):
+    """
+    Both branches on every machine: CUDA is monkeypatched (in use, or absent), its generator
+    states are stand-ins, and no CUDA call reaches the driver. The CPU generators come back
+    either way.
+    """
+    from mask_former.engine.trainer import _rng_state, _set_rng_state
+
+    cuda_states = [torch.arange(4, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: cuda_states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = _rng_state()
+    assert ("cuda" in state) is cuda
+    draws = (torch.rand(3), np.random.rand(3), random.random())
+    _set_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(draws[0], again[0]) and (draws[1] == again[1]).all()
+    assert draws[2] == again[2]
+    assert restored == ([cuda_states] if cuda else [])
+    # A checkpoint of a CUDA run resumed where there is no CUDA: the CPU part only.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _set_rng_state(dict(state, cuda=cuda_states))
+    assert restored == ([cuda_states] if cuda else [])

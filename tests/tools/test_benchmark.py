@@ -110,3 +110,16 @@ def test_inference_side_by_side_and_training_case(bench, tmp_path):
     report.write_json({"environment": env, "inference": entries}, str(path))
     loaded = json.loads(path.read_text())
     assert loaded["inference"][0]["current"]["batches"]["1"]["median_ms"] > 0
+
+
+@pytest.mark.parametrize("cuda", [True, False], ids=["with_cuda", "without_cuda"])
+def test_device_cuda_is_refused_only_without_cuda(bench, monkeypatch, tmp_path, cuda):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)  # no GPU is used
+    args = bench.parse_args(["--device", "cuda", "--json", str(tmp_path / "b.json")])
+    if cuda:
+        bench._check_args(args)
+        assert args.device == "cuda"
+    else:
+        with pytest.raises(SystemExit, match="--device cuda: CUDA is not available here"):
+            bench._check_args(args)
+    bench._check_args(bench.parse_args(["--json", str(tmp_path / "b.json")]))  # the CPU: always

@@ -225,3 +225,23 @@ def test_video_frames_are_drawn_into_a_video(tmp_path):
     video.release()
     with pytest.raises(ValueError, match="Cannot read video .*missing.mp4"):
         demo.run_on_video(visualization, str(tmp_path / "missing.mp4"), str(out))
+
+
+@pytest.mark.parametrize("cuda", [True, False], ids=["with_cuda", "without_cuda"])
+def test_parallel_workers_one_per_gpu_or_two_on_the_cpu(monkeypatch, cuda):
+    """`--parallel` without N, and the workers' devices (CUDA monkeypatched: no GPU is used)."""
+    async_predictor = load_script("demo/async_predictor.py")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3 if cuda else 0)
+    cfg = get_mask_former_cfg()
+    cfg.MODEL.DEVICE = "cuda"
+    cfg.freeze()
+    assert async_predictor.default_num_workers(cfg) == (3 if cuda else 2)
+    devices = [c.MODEL.DEVICE for c in async_predictor._worker_configs(cfg, 4)]
+    assert devices == (["cuda:0", "cuda:1", "cuda:2", "cuda:0"] if cuda else ["cuda"] * 4)
+    assert cfg.MODEL.DEVICE == "cuda"  # the caller's config is left alone
+    cpu = cfg.clone()
+    cpu.defrost()
+    cpu.MODEL.DEVICE = "cpu"
+    assert async_predictor.default_num_workers(cpu) == 2  # a CPU config, GPUs or not
+    assert [c.MODEL.DEVICE for c in async_predictor._worker_configs(cpu, 2)] == ["cpu"] * 2
