@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from .conftest import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 # Takes the bridge out of a fresh interpreter of the venv (its start-up hook installs it), so a
 # case can show what happens without it or with the package's own install.

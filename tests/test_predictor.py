@@ -21,7 +21,7 @@ from PIL import Image
 
 from mask_former import Predictor, get_mask_former_cfg
 from mask_former.data.shapes_generator import generate_split
-from tests.conftest import REPO_ROOT
+from tests.paths import REPO_ROOT
 from tests.tools.tools_testing import load_script
 
 PANOPTIC_CONFIG = REPO_ROOT / "configs/shapes/maskformer_panoptic_R18_bs8_1200.yaml"

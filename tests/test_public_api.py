@@ -7,7 +7,7 @@ import sys
 from detectron2.config import get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
-from tests.conftest import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 ORIGINAL_NAMES = (
     "MaskFormer",

@@ -27,8 +27,8 @@ import train_net
 from mask_former.checkpoint import TrainingCheckpointer, is_partial_checkpoint
 from mask_former.data.samplers import ResumableTrainingSampler
 from mask_former.engine.writers import MetricsJSONWriter
+from tests.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMING_KEYS = {"time", "data_time", "eta_seconds"}
 
 

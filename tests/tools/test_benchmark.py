@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from tools_testing import REPO_ROOT
+
+from tests.paths import REPO_ROOT
 
 CONFIG = "configs/shapes/maskformer_R18_bs8_1200.yaml"
 HEADER_WORDS = ("CPU capability", "oneDNN bfloat16 native", "threads", "torch")

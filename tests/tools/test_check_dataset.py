@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tools_testing import REPO_ROOT
 
 from mask_former.data.datasets import (
     load_panoptic_json,
@@ -28,6 +27,7 @@ from mask_former.data.datasets import (
 )
 from mask_former.data.datasets.shapes import shapes_metadata
 from mask_former.data.shapes_generator import generate_split
+from tests.paths import REPO_ROOT
 
 NAMES = ["circle", "square", "triangle", "gradient", "stripes", "blotches"]
 

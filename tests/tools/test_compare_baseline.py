@@ -7,7 +7,7 @@ import json
 import cv2
 import torch
 
-from tests.conftest import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 
 def _load_script():

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from mask_former import get_mask_former_cfg
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+from tests.paths import CONFIGS
 
 ADE, FULL, STUFF = "ade20k-150", "ade20k-full-847", "coco-stuff-10k-171"
 CITY, MAPI, COCO_PAN, ADE_PAN = (

@@ -12,9 +12,10 @@ from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.visualizer import Visualizer
-from tools_testing import REPO_ROOT, load_script
+from tools_testing import load_script
 
 from mask_former import get_mask_former_cfg
+from tests.paths import REPO_ROOT
 
 CONFIG = "configs/shapes/maskformer_panoptic_R18_bs8_1200.yaml"
 

@@ -19,11 +19,12 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
-from tools_testing import REPO_ROOT, load_script
+from tools_testing import load_script
 
 import mask_former
 from mask_former import Predictor, get_mask_former_cfg
 from mask_former.predictor import read_image_file
+from tests.paths import REPO_ROOT
 
 CONFIG = "configs/shapes/maskformer_panoptic_R18_bs8_1200.yaml"
 H, W = 56, 40  # most test images are this size (upright), so the model meets few sizes

@@ -3,12 +3,11 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.paths import REPO_ROOT
 
 
 def test_demo_draws_a_4000_by_6000_image(tmp_path):
@@ -33,7 +32,7 @@ def test_demo_draws_a_4000_by_6000_image(tmp_path):
         "INPUT.MAX_SIZE_TEST",
         "512",
     ]
-    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Traceback" not in run.stderr
     with Image.open(tmp_path / "out" / "large.jpg") as drawn:

@@ -3,9 +3,8 @@
 
 import importlib.util
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import REPO_ROOT
 
 
 def load_script(relative_path: str):
