@@ -27,6 +27,7 @@ import train_net
 from mask_former.checkpoint import TrainingCheckpointer, is_partial_checkpoint
 from mask_former.data.samplers import ResumableTrainingSampler
 from mask_former.engine.writers import MetricsJSONWriter
+from tests.modeling.model_testing import TINY_SWIN
 from tests.paths import REPO_ROOT
 
 TIMING_KEYS = {"time", "data_time", "eta_seconds"}
@@ -40,13 +41,7 @@ def datasets_root(tmp_path_factory) -> str:
 def _kill_test_cfg(out_dir: str):
     """6 iterations, a checkpoint every 2, of a tiny Swin MaskFormer whose drop path and random
     flips draw from torch's and NumPy's generators (so their states must be restored too)."""
-    swin = {
-        "MODEL.BACKBONE.NAME": "D2SwinTransformer",
-        "MODEL.SWIN.EMBED_DIM": 16,
-        "MODEL.SWIN.DEPTHS": [1, 1, 2, 1],
-        "MODEL.SWIN.NUM_HEADS": [1, 1, 2, 2],
-        "MODEL.SWIN.DROP_PATH_RATE": 0.2,
-    }
+    swin = {**TINY_SWIN, "MODEL.SWIN.DROP_PATH_RATE": 0.2}
     solver = {"SOLVER.MAX_ITER": 6, "SOLVER.CHECKPOINT_PERIOD": 2, "SOLVER.IMS_PER_BATCH": 1}
     return tiny_cfg(out_dir, **swin, **solver, **{"DATASETS.TEST": "()", "SEED": 3})
 

@@ -12,6 +12,7 @@ from detectron2.modeling import build_backbone
 from torch import nn
 
 from mask_former import get_mask_former_cfg
+from tests.modeling.model_testing import TINY_SWIN, set_keys
 
 
 class _WithBackbone(nn.Module):
@@ -23,12 +24,7 @@ class _WithBackbone(nn.Module):
 
 
 def _tiny_swin():
-    cfg = get_mask_former_cfg()
-    cfg.MODEL.BACKBONE.NAME = "D2SwinTransformer"
-    cfg.MODEL.SWIN.EMBED_DIM = 16
-    cfg.MODEL.SWIN.DEPTHS = [1, 1, 2, 1]
-    cfg.MODEL.SWIN.NUM_HEADS = [1, 1, 2, 2]
-    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.0
+    cfg = set_keys(get_mask_former_cfg(), {**TINY_SWIN, "MODEL.SWIN.DROP_PATH_RATE": 0.0})
     return build_backbone(cfg, ShapeSpec(channels=3))
 
 

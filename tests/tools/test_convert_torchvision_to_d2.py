@@ -7,10 +7,12 @@ import pytest
 import torch
 import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import build_resnet_backbone
 from torch import nn
+
+from mask_former import get_mask_former_cfg
+from tests.modeling.model_testing import TINY_RESNET18, set_keys
 
 
 class _WithBackbone(nn.Module):
@@ -36,13 +38,8 @@ def _torchvision_resnet18_file(path):
 
 
 def _d2_resnet18():
-    cfg = get_cfg()
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    # The tests' ResNet-18 with BatchNorm, as torchvision's has.
+    cfg = set_keys(get_mask_former_cfg(), {**TINY_RESNET18, "MODEL.RESNETS.NORM": "BN"})
     return build_resnet_backbone(cfg, ShapeSpec(channels=3))
 
 
