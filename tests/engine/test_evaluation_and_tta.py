@@ -9,6 +9,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
 from detectron2.modeling import DatasetMapperTTA
+from e2e_helpers import train_args
 
 from mask_former.engine import (
     SemanticSegmentorWithTTA,
@@ -224,16 +225,7 @@ def test_setup_merges_file_and_opts_and_falls_back_to_cpu(tmp_path, monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a CUDA machine
     config = tmp_path / "tiny.yaml"
     config.write_text("SOLVER:\n  BASE_LR: 0.5\nMODEL:\n  MASK_FORMER:\n    HIDDEN_DIM: 32\n")
-    args = argparse.Namespace(
-        config_file=str(config),
-        opts=["SOLVER.MAX_ITER", "7", "OUTPUT_DIR", str(tmp_path / "o")],
-        eval_only=False,
-        resume=False,
-        num_gpus=1,
-        num_machines=1,
-        machine_rank=0,
-        dist_url="auto",
-    )
+    args = train_args(str(config), "SOLVER.MAX_ITER", "7", "OUTPUT_DIR", str(tmp_path / "o"))
     cfg = setup(args)
     assert cfg.SOLVER.BASE_LR == 0.5 and cfg.SOLVER.MAX_ITER == 7
     assert cfg.MODEL.MASK_FORMER.HIDDEN_DIM == 32

@@ -9,18 +9,10 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
-from torch import nn
+from tools_testing import WithBackbone
 
 from mask_former import get_mask_former_cfg
 from tests.modeling.model_testing import TINY_SWIN, set_keys
-
-
-class _WithBackbone(nn.Module):
-    """Names weights "backbone.*", as in a full model, so suffix matching is exercised."""
-
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
 
 
 def _tiny_swin():
@@ -58,7 +50,7 @@ def test_release_checkpoint_loads_into_d2_swin(tool, tmp_path, capsys):
     assert data["__author__"] == "third_party" and data["matching_heuristics"] is True
     assert sorted(data["model"]) == sorted(weights)  # names kept as they are
 
-    model = _WithBackbone(_tiny_swin())
+    model = WithBackbone(_tiny_swin())
     DetectionCheckpointer(model).load(str(tmp_path / "swin.pkl"))
     state = model.backbone.state_dict()
     backbone_keys = [k for k in weights if not k.startswith(("head.", "norm."))]

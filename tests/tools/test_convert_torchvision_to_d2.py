@@ -9,18 +9,11 @@ import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import build_resnet_backbone
+from tools_testing import WithBackbone
 from torch import nn
 
 from mask_former import get_mask_former_cfg
 from tests.modeling.model_testing import TINY_RESNET18, set_keys
-
-
-class _WithBackbone(nn.Module):
-    """Names weights "backbone.*", as in a full model, so suffix matching is exercised."""
-
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
 
 
 def _torchvision_resnet18_file(path):
@@ -67,7 +60,7 @@ def test_converted_resnet18_loads_with_no_missing_key_and_same_outputs(tool, tmp
     for d2_name, tv_name in expected_pairs.items():
         assert torch.equal(torch.as_tensor(data["model"][d2_name]), sd[tv_name]), d2_name
 
-    model = _WithBackbone(backbone)
+    model = WithBackbone(backbone)
     DetectionCheckpointer(model).load(str(tmp_path / "R-18.pkl"))
     model.eval()
     image = torch.randn(1, 3, 64, 96)

@@ -4,6 +4,8 @@
 import importlib.util
 import sys
 
+from torch import nn
+
 from tests.paths import REPO_ROOT
 
 
@@ -22,3 +24,11 @@ def load_script(relative_path: str):
         del sys.modules[name]
         raise
     return module
+
+
+class WithBackbone(nn.Module):
+    """Names a backbone's weights "backbone.*", as in a full model (for suffix matching)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
