@@ -40,7 +40,7 @@ def _parse_args() -> argparse.Namespace:
 
 def _cfg(args: argparse.Namespace, *opts):
     cfg = get_mask_former_cfg()
-    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_file(args.config_file, allow_unsafe=False)
     cfg.merge_from_list(list(args.opts) + list(opts))
     return cfg
 

@@ -134,11 +134,15 @@ def _load_with(loader: str, path: str):
         return load_script("tools/check_dataset.py")._config_datasets(args)
     if loader == "export_model":
         return load_script("tools/export_model.py").setup_cfg(path, [])
+    if loader == "train_net":
+        from mask_former.engine.defaults import build_cfg
+
+        return build_cfg(argparse.Namespace(config_file=path, opts=[]))
     raise AssertionError(loader)
 
 
 @pytest.mark.parametrize(
-    "loader", ["Predictor", "demo", "analyze_model", "check_dataset", "export_model"]
+    "loader", ["Predictor", "demo", "analyze_model", "check_dataset", "export_model", "train_net"]
 )
 def test_python_tags_in_a_config_are_refused_not_run(tmp_path: Path, loader: str):
     marker = tmp_path / "ran"

@@ -130,7 +130,7 @@ def load_cfg(config_file: str, opts: Sequence[str]):
         cfg = get_cfg()
         add_deeplab_config(cfg)
         mask_former.add_mask_former_config(cfg)
-    cfg.merge_from_file(config_file)
+    cfg.merge_from_file(config_file, allow_unsafe=False)
     cfg.merge_from_list(list(opts))
     return cfg
 

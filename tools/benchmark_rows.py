@@ -155,7 +155,7 @@ def _shapes_cfg(names: Dict[str, str], device: str):
     from mask_former import get_mask_former_cfg
 
     cfg = get_mask_former_cfg()
-    cfg.merge_from_file(SHAPES_CONFIG)
+    cfg.merge_from_file(SHAPES_CONFIG, allow_unsafe=False)
     cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = ""
     cfg.DATASETS.TRAIN = (names["train"],)

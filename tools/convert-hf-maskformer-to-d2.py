@@ -217,7 +217,7 @@ def load_written_config(path: str) -> Any:
     cfg = get_cfg()
     add_deeplab_config(cfg)
     add_mask_former_config(cfg)
-    cfg.merge_from_file(path)
+    cfg.merge_from_file(path, allow_unsafe=False)
     return cfg
 
 

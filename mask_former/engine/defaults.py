@@ -22,7 +22,7 @@ def build_cfg(args: argparse.Namespace) -> CfgNode:
     """The (unfrozen) config of ``args.config_file`` and the trailing ``args.opts``."""
     cfg = get_mask_former_cfg()
     if args.config_file:
-        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_file(args.config_file, allow_unsafe=False)
     cfg.merge_from_list(args.opts)
     return cfg
 
