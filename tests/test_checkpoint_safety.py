@@ -30,8 +30,7 @@ import mask_former
 import train_net
 from mask_former import get_mask_former_cfg
 from mask_former.checkpoint import TRUST_ENV, TrainingCheckpointer, UntrustedCheckpointError
-
-from .conftest import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 CONFIG = "configs/shapes/maskformer_panoptic_R18_bs8_1200.yaml"
 # The global a pickle names for ``open`` ("io.open"), which the restricted unpickler refuses.

@@ -36,8 +36,8 @@ from mask_former.data.mappers import (
     MapperError,
 )
 from mask_former.data.mappers.detr_panoptic import CROP_RESIZE_MAX_SIZE
+from tests.paths import CONFIGS
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ADE_CONFIG = str(CONFIGS / "ade20k-150" / "maskformer_R50_bs16_160k.yaml")
 COCO_CONFIG = str(CONFIGS / "coco-panoptic" / "maskformer_panoptic_R50_bs64_554k.yaml")
 # Files that are not readable images, and the reason the error gives for each.
@@ -335,10 +335,9 @@ def ignore_only_records(tmp_path) -> Dict[str, Dict[str, Any]]:
 
 
 def test_ignore_only_label_map_gives_no_targets_and_finite_losses(tmp_path):
+    from data_formats import mini_cfg, tiny_model_cfg
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
-    from test_data_formats import mini_cfg
-    from test_data_train_step import tiny_model_cfg
 
     records = ignore_only_records(tmp_path)
     for kind, record in records.items():

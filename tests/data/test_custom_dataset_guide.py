@@ -16,7 +16,7 @@ from typing import List, Tuple
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 GUIDE = REPO_ROOT / "datasets" / "README.md"
 HEADING = "## Your own dataset: register, check, train, evaluate"

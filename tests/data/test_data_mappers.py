@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from data_formats import mini_cfg
 from data_testutils import (
     COLORS,
     REGIONS,
@@ -26,7 +27,6 @@ from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import SizeMismatchError
 from PIL import Image
-from test_data_formats import mini_cfg
 
 from mask_former.data import (
     DETRPanopticDatasetMapper,

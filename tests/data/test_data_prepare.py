@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_formats import mini_cfg
 from data_testutils import unique_prefix
 from detectron2.data import DatasetCatalog
 from PIL import Image
 from scipy.io import savemat
-from test_data_formats import mini_cfg
 
 from mask_former.data import build_train_mapper
 from mask_former.data.datasets import (
@@ -25,8 +25,9 @@ from mask_former.data.datasets import (
     register_ade20k_panoptic,
     register_coco_stuff_10k,
 )
+from tests.paths import REPO_ROOT
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "datasets"
+SCRIPTS = REPO_ROOT / "datasets"
 
 
 def load_script(name: str):

@@ -9,10 +9,10 @@ step along it lowers the loss.
 
 import pytest
 import torch
+from data_formats import FORMATS, register_format, tiny_model_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from test_data_formats import FORMATS, register_format
 
 from mask_former.data import build_train_mapper
 from mask_former.modeling.criterion import SetCriterion
@@ -34,34 +34,6 @@ FIRST_SELF_ATTENTION = {
     f"sem_seg_head.predictor.transformer.decoder.layers.0.{name}"
     for name in ("self_attn.in_proj_weight", "self_attn.out_proj.weight", "norm1.weight")
 }
-
-
-def tiny_model_cfg(cfg):
-    """A small MaskFormer on ResNet-18 with the base pixel decoder and 2 decoder layers."""
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.META_ARCHITECTURE = "MaskFormer"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"
-    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
-    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
-    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 32
-    cfg.MODEL.SEM_SEG_HEAD.NORM = "GN"
-    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "res5"
-    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 32
-    cfg.MODEL.MASK_FORMER.NHEADS = 2
-    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 64
-    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 2
-    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 6
-    cfg.MODEL.MASK_FORMER.DROPOUT = 0.0
-    return cfg
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
@@ -95,8 +67,8 @@ def test_one_training_step(tmp_path, fmt):
 
 def _shapes_batch(tmp_path, monkeypatch, kind, mapper_name):
     """The config of the tiny model and the mapped batch of a 2-image shapes train split."""
+    from data_formats import mini_cfg
     from data_testutils import unique_prefix
-    from test_data_formats import mini_cfg
 
     from mask_former.data import shapes_generator as shapes
     from mask_former.data.datasets import register_shapes

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,7 @@ import torch.distributed as dist
 from detectron2.utils import comm
 
 from mask_former.engine import launch
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.paths import REPO_ROOT
 
 
 def _report_ranks(out_dir: str, offset: int) -> None:
@@ -68,13 +66,17 @@ def _free_url() -> str:
 
 def _start_machines(mode: str, peer_timeout: float):
     """Machine 0 and machine 1 as two separate commands, one CPU process each."""
-    env = {**os.environ, "MASK_FORMER_PEER_TIMEOUT": str(peer_timeout), "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "MASK_FORMER_PEER_TIMEOUT": str(peer_timeout),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
     url = _free_url()
     command = [sys.executable, "-m", "tests.engine.distributed_helpers"]
     return [
         subprocess.Popen(
             command + [str(rank), url, mode],
-            cwd=REPO,
+            cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -3,7 +3,6 @@
 
 import math
 import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +21,7 @@ from mask_former.modeling.criterion import (
 )
 from mask_former.modeling.mask_losses import stack_target_masks
 from mask_former.modeling.matcher import HungarianMatcher
-
-FIXTURE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "tiny_swin_semantic"
+from tests.paths import TINY_SWIN_SEMANTIC as FIXTURE
 
 
 class FixedMatcher(torch.nn.Module):
