@@ -22,8 +22,9 @@ in every interpreter of that environment. This module imports nothing outside th
 at import time, so the start-up hook costs nothing for programs that never import detectron2.
 
 One more adaptation of detectron2 is made at import, for safety rather than compatibility, and
-lives with the other checkpoint code: ``mask_former.checkpoint`` (imported by ``import
-mask_former``) makes ``DetectionCheckpointer`` read files without running code from them.
+lives in its own module: ``mask_former.safe_loading`` (imported by ``import mask_former``,
+through ``mask_former.checkpoint``) makes ``DetectionCheckpointer`` read files without running
+code from them.
 """
 
 import importlib.abc

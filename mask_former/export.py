@@ -27,6 +27,7 @@ from torch import nn
 
 from .modeling.inference import ResizedMaskLogits, resize_mask_logits
 from .modeling.meta_arch import MaskFormer
+from .modeling.meta_arch import padded_image_size as padded_size
 
 __all__ = [
     "ExportableMaskFormer",
@@ -41,13 +42,6 @@ logger = logging.getLogger(__name__)
 
 # The image size traced by default: not a multiple of 32, so that the padding is exercised.
 SAMPLE_SIZE = (200, 300)
-
-
-def padded_size(image_size: Tuple[int, int], size_divisibility: int) -> Tuple[int, int]:
-    """(H, W) rounded up to a multiple of ``size_divisibility`` (unchanged if it is <= 1)."""
-    if size_divisibility <= 1:
-        return tuple(image_size)
-    return tuple(-(-s // size_divisibility) * size_divisibility for s in image_size)
 
 
 def raw_mask_logits(
