@@ -14,9 +14,10 @@ backward is one multiply-add of it.
 
 Speed on the CPU comes from doing few passes over full-resolution data and few operations:
 chunks of several masks, a workspace allocated once per call (fresh large allocations cost page
-faults), one matrix product for all the sums of a chunk, and the adjoint of the upsampling as
-one strided convolution. Only operations with vectorised CPU kernels are used: ``softplus``,
-``log1p`` and ``logsigmoid`` are scalar loops there, tens of times slower than ``sigmoid``.
+faults), all the sums of a chunk from one stacked tensor (a row sum and a batched product with
+the targets), and the adjoint of the upsampling as two matrix products. Only operations with
+vectorised CPU kernels are used: ``softplus``, ``log1p`` and ``logsigmoid`` are scalar loops
+there, tens of times slower than ``sigmoid``.
 
 Shape shorthand in this module:
 
@@ -49,20 +50,18 @@ __all__ = [
 DEFAULT_CHUNK_PIXELS = 2**21
 
 
-@functools.lru_cache(maxsize=None)
-def _linear_kernel(factor: int) -> Tuple[torch.Tensor, int]:
+@functools.lru_cache(maxsize=64)
+def _linear_matrix(size_in: int, size_out: int, dtype: torch.dtype, device: torch.device):
     """
-    Weights of input i on outputs ``factor * i + d`` of ``F.interpolate(mode="linear",
-    align_corners=False)`` by an integer ``factor``, read off aten's response to an impulse:
-    (weights (L,) float64, first d). Returns the interior weights; at the borders aten clamps
-    the source index, which gives the border input the weights of its missing neighbour.
+    ``F.interpolate(mode="linear", align_corners=False)`` from ``size_in`` to ``size_out`` as a
+    matrix A of shape (size_out, size_in), ``out = A @ x``: aten's response to each unit
+    impulse, so its entries are the weights aten uses (clamped source indices at the borders
+    included). Computed in float32 for reduced-precision dtypes, as aten does.
     """
-    impulse = torch.zeros(1, 1, 5, dtype=torch.float64)
-    impulse[..., 2] = 1
-    response = F.interpolate(impulse, size=5 * factor, mode="linear", align_corners=False)[0, 0]
-    nonzero = response.nonzero()[:, 0]
-    low, high = int(nonzero.min()), int(nonzero.max()) + 1
-    return response[low:high], low - 2 * factor
+    exact = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    impulses = torch.eye(size_in, dtype=exact, device=device)[None]
+    response = F.interpolate(impulses, size=size_out, mode="linear", align_corners=False)
+    return response[0].T.to(dtype).contiguous()
 
 
 def upsample_bilinear_adjoint(grad: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -70,10 +69,11 @@ def upsample_bilinear_adjoint(grad: torch.Tensor, size: Sequence[int]) -> torch.
     Adjoint (backward) of ``F.interpolate(x, size=grad.shape[-2:], mode="bilinear",
     align_corners=False)`` for x of spatial size ``size``.
 
-    For integer factors it is one strided convolution with the interpolation weights, over a
-    border of one extra input on each side whose gradient is then added to the border input
-    (aten clamps the source index there); on the CPU this is several times faster than aten's
-    ``upsample_bilinear2d_backward``, which other sizes use.
+    Bilinear interpolation is separable, ``up = A_h x A_w^T`` with the 1-D interpolation
+    matrices A_h (H, h) and A_w (W, w), so its adjoint is ``A_h^T grad A_w``: two batched
+    matrix products, for any sizes. On the CPU this is several times faster than aten's
+    ``upsample_bilinear2d_backward`` or a strided convolution with the interpolation weights
+    (one input channel: 0.8 vs 5.0 ms for 130 masks of 128 x 128 -> 32 x 32 on 2 threads).
 
     Args:
         grad (Tensor): gradient w.r.t. the upsampled tensor, shape (N, D, H, W).
@@ -83,47 +83,31 @@ def upsample_bilinear_adjoint(grad: torch.Tensor, size: Sequence[int]) -> torch.
         Tensor: gradient w.r.t. the input, shape (N, D, h, w).
     """
     (num, depth, height, width), (h, w) = grad.shape, tuple(size)
-    if height % h or width % w:
-        return torch.ops.aten.upsample_bilinear2d_backward(
-            grad, [height, width], [num, depth, h, w], False
-        )
-    stride = (height // h, width // w)
-    (kernel_h, first_h), (kernel_w, first_w) = (_linear_kernel(f) for f in stride)
-    weight = torch.outer(kernel_h, kernel_w).to(grad)[None, None]
-    # Padding so that output j is input j - 1, for j in [0, h + 2).
-    padding = (stride[0] - first_h, stride[1] - first_w)
-    out = F.conv2d(grad.reshape(num * depth, 1, height, width), weight, None, stride, padding)
-    out = out[:, 0, : h + 2, : w + 2]
-    out[:, 1] += out[:, 0]
-    out[:, -2] += out[:, -1]
-    out[:, :, 1] += out[:, :, 0]
-    out[:, :, -2] += out[:, :, -1]
-    return out[:, 1:-1, 1:-1].reshape(num, depth, h, w)
+    rows = _linear_matrix(h, height, grad.dtype, grad.device)  # (H, h)
+    cols = _linear_matrix(w, width, grad.dtype, grad.device)  # (W, w)
+    narrow = grad.reshape(num * depth, height, width) @ cols  # (N D, H, w)
+    return (rows.T @ narrow).reshape(num, depth, h, w)
 
 
 class _Workspace:
     """
     Full-resolution temporaries of a chunk, allocated once per call and reused by every chunk.
-    ``sums`` holds, for C masks, the rows [sigmoid(z) (C), focal loss (C), targets (C), ones (1)]
-    contiguously, so that one matrix product gives every sum a chunk needs.
+    ``sums`` holds, for C masks, the rows [sigmoid(z) (C), focal loss (C), targets (C)]
+    contiguously, so that one row sum and one batched product give every sum a chunk needs.
     """
 
     def __init__(self, like: torch.Tensor, rows: int, num_pixels: int, with_grad: bool):
         self.num_pixels = num_pixels
-        self.sums = like.new_empty((3 * rows + 1) * num_pixels)
+        self.sums = like.new_empty(3 * rows * num_pixels)
         self.bce = like.new_empty((rows, num_pixels))
         self.mask = torch.empty((rows, num_pixels), dtype=torch.uint8, device=like.device)
         self.grad = like.new_empty(2 * rows * num_pixels) if with_grad else None
-        self.rows = -1
 
     def take(self, rows: int) -> Dict[str, Optional[torch.Tensor]]:
-        """Views for ``rows`` masks: "sums" (3 rows + 1, P), "sig", "focal", "targets", "bce",
+        """Views for ``rows`` masks: "sums" (3, rows, P), "sig", "focal", "targets", "bce",
         "mask" (rows, P) and "grad" (2, rows, P) or None."""
-        sums = self.sums[: (3 * rows + 1) * self.num_pixels].view(3 * rows + 1, self.num_pixels)
-        if rows != self.rows:
-            sums[-1].fill_(1)
-            self.rows = rows
-        sig, focal, targets = sums[:-1].view(3, rows, self.num_pixels).unbind(0)
+        sums = self.sums[: 3 * rows * self.num_pixels].view(3, rows, self.num_pixels)
+        sig, focal, targets = sums.unbind(0)
         grad = None
         if self.grad is not None:
             grad = self.grad[: 2 * rows * self.num_pixels].view(2, rows, self.num_pixels)
@@ -151,7 +135,7 @@ def _chunk_losses(
     answer: ``sigmoid(z) = 1 - p_t`` and ``softplus(z) = BCE``, so
     ``focal = alpha_t sigmoid(z)^gamma softplus(z)`` and ``p = t + (1 - 2t) sigmoid(z)``.
     """
-    sig, targets, bce, num = work["sig"], work["targets"], work["bce"], logits.shape[0]
+    sig, targets, bce = work["sig"], work["targets"], work["bce"]
     z = logits.addcmul_(logits, targets, value=-2.0)
     torch.sigmoid(z, out=sig)
     # softplus(z) = relu(z) - log(sigmoid(|z|)): the log's argument is in [0.5, 1], so this is
@@ -160,11 +144,12 @@ def _chunk_losses(
     torch.sub(z.clamp_(min=0), bce, out=bce)
     modulator = torch.pow(sig, gamma, out=logits)  # z is not needed any more
     torch.mul(modulator, bce, out=work["focal"])
-    # [sig; focal; t] x [t; 1]^T: sums over positive pixels on the diagonals, over all pixels
-    # in the last column.
+    # Sums (3, C) of [sig; focal; t] over all pixels and over the positive ones (a batched
+    # product with each mask's targets: one pass, where a (3C, P) x (P, C) product computes
+    # C times too much for many small masks).
     sums = work["sums"]
-    products = (sums[:-1] @ sums[2 * num :].T).view(3, num, num + 1)
-    on_pos, total = products[..., :num].diagonal(dim1=1, dim2=2), products[..., num]
+    total = sums.sum(-1)
+    on_pos = torch.bmm(sums.transpose(0, 1), targets[:, :, None])[..., 0].T
     focal = total[1]
     if alpha >= 0:  # alpha_t = (1 - alpha) + (2 alpha - 1) t
         focal = focal * (1 - alpha) + on_pos[1] * (2 * alpha - 1)

@@ -49,8 +49,8 @@ def _weighted_sum_grad(losses, logits, seed=1):
 )
 @pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (-1.0, 2.0), (0.4, 0.0), (0.25, 1.5)])
 def test_values_and_gradients_equal_plain_autograd(dtype, pred_size, target_size, alpha, gamma):
-    # Integer factors (4 and 3 x 2) use the convolution adjoint, 11 / 5 and 13 / 7 aten's; two
-    # masks per chunk leave a last chunk of one.
+    # Integer factors (4 and 3 x 2) and non-integer ones (11 / 5 and 13 / 7); two masks per
+    # chunk leave a last chunk of one.
     logits, targets, index = _case(dtype, pred_size, target_size)
     chunk_pixels = 2 * target_size[0] * target_size[1]
     fused = sigmoid_focal_dice_loss(logits, targets, index, alpha, gamma, chunk_pixels)
@@ -87,7 +87,7 @@ def test_upsample_adjoint_equals_aten_backward(size, scale):
     grad = torch.randn(up.shape, generator=gen, dtype=torch.float64)
     (expected,) = torch.autograd.grad(up, x, grad)
     torch.testing.assert_close(upsample_bilinear_adjoint(grad, size), expected)
-    # A non-integer factor goes to aten and must agree as well.
+    # A non-integer factor must agree as well.
     odd = F.interpolate(x, (out_size[0] + 1, out_size[1]), mode="bilinear", align_corners=False)
     grad = torch.randn(odd.shape, generator=gen, dtype=torch.float64)
     (expected,) = torch.autograd.grad(odd, x, grad)
