@@ -62,9 +62,9 @@ def pairwise_sigmoid_focal_cost(
     """
     Sigmoid focal loss of every prediction against every target, averaged over pixels.
 
-    Because a target pixel is either 1 or 0, the per-pixel focal loss splits into a "positive"
-    term weighted by the target and a "negative" term weighted by its complement; two matrix
-    products then give all Q x N pairs without materialising a (Q, N, P) tensor.
+    Because a target pixel is either 1 or 0, the per-pixel focal loss is the "negative" term
+    plus the target times ("positive" minus "negative"): one matrix product and one row sum
+    give all Q x N pairs without materialising a (Q, N, P) tensor.
 
     Args:
         logits (Tensor): predicted mask logits of shape (..., Q, P).
@@ -78,16 +78,15 @@ def pairwise_sigmoid_focal_cost(
     """
     num_pixels = logits.shape[-1]
     prob = logits.sigmoid() if prob is None else prob
-    # In place where possible: every (..., Q, P) temporary is a fresh allocation (page faults).
-    bce_pos, bce_neg = _binary_cross_entropies(logits)
-    loss_pos = bce_pos.mul_((1 - prob).pow_(gamma))
-    loss_neg = bce_neg.mul_(prob**gamma)
+    loss_pos, loss_neg = _binary_cross_entropies(logits)
+    modulator = torch.sub(1, prob).pow_(gamma)
+    loss_pos.mul_(modulator)
+    loss_neg.mul_(torch.pow(prob, gamma, out=modulator))
     if alpha >= 0:
         loss_pos.mul_(alpha)
         loss_neg.mul_(1 - alpha)
-    cost = torch.einsum("...qp,...np->...qn", loss_pos, targets)
-    cost = cost + torch.einsum("...qp,...np->...qn", loss_neg, 1 - targets)
-    return cost / num_pixels
+    cost = torch.einsum("...qp,...np->...qn", loss_pos.sub_(loss_neg), targets)
+    return cost.add_(loss_neg.sum(-1, keepdim=True)).div_(num_pixels)
 
 
 def _binary_cross_entropies(logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
