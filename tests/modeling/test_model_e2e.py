@@ -311,23 +311,3 @@ def test_pixel_embedding_feeds_the_mask_features_to_the_predictor():
         model([{"image": random_images([(64, 96)])[0]}])
     x, mask_features = seen["args"]
     assert x is mask_features and x.shape[1:] == (24, 16, 24)  # stride 4
-
-
-def test_cpu_training_runs_the_backbone_channels_last_at_the_same_losses(monkeypatch):
-    cfg = tiny_resnet_cfg()
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    batch = _train_batch(ODD_SIZES, [[0, 3, 1], [2]])
-    layouts = []
-    model.backbone.register_forward_pre_hook(
-        lambda module, args: layouts.append(
-            args[0].is_contiguous(memory_format=torch.channels_last)
-        )
-    )
-    nhwc = _train_losses(model, batch)
-    monkeypatch.setattr("mask_former.modeling.meta_arch.cpu_channels_last", lambda x: x)
-    nchw = _train_losses(model, batch)
-    assert layouts == [True, False]
-    assert set(nhwc) == set(nchw)
-    for name in nhwc:
-        torch.testing.assert_close(nhwc[name], nchw[name], rtol=1e-5, atol=1e-6, msg=name)
