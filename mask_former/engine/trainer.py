@@ -241,7 +241,7 @@ class Trainer(DefaultTrainer):
             # ONEDNN_MAX_CPU_ISA=AVX2: 334 vs 342 ms per step): at initialisation its float32
             # gradients differ from NCHW's by up to 1% (relative norm; sums with heavy
             # cancellation, reduced in another order), and its two main-job runs scored PQ 54.6
-            # and 54.2 where the NCHW recipe had scored 57.6 and 57.2.
+            # and 54.2, the NCHW runs of the same code 55.2 and 56.5 (README, "The main job").
             model = model.to(memory_format=torch.channels_last)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
