@@ -51,7 +51,9 @@ DEFAULT_CHUNK_PIXELS = 2**21
 
 
 @functools.lru_cache(maxsize=64)
-def _linear_matrix(size_in: int, size_out: int, dtype: torch.dtype, device: torch.device):
+def _linear_matrix(
+    size_in: int, size_out: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
     """
     ``F.interpolate(mode="linear", align_corners=False)`` from ``size_in`` to ``size_out`` as a
     matrix A of shape (size_out, size_in), ``out = A @ x``: aten's response to each unit

@@ -78,6 +78,7 @@ def pairwise_sigmoid_focal_cost(
     """
     num_pixels = logits.shape[-1]
     prob = logits.sigmoid() if prob is None else prob
+    # In place where possible: every (..., Q, P) temporary is a fresh allocation (page faults).
     loss_pos, loss_neg = _binary_cross_entropies(logits)
     modulator = torch.sub(1, prob).pow_(gamma)
     loss_pos.mul_(modulator)
