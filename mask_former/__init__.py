@@ -9,7 +9,7 @@ from . import d2_compat
 d2_compat.install()  # before anything imports detectron2
 
 from . import data, modeling  # noqa: F401,E402
-from .config import add_mask_former_config, get_mask_former_cfg  # noqa: E402
+from .config import add_mask_former_config, get_mask_former_cfg, load_config  # noqa: E402
 
 # The public names of the original MaskFormer package.
 from .data import (  # noqa: E402
@@ -24,6 +24,7 @@ from .predictor import Predictor  # noqa: E402
 __all__ = [
     "add_mask_former_config",
     "get_mask_former_cfg",
+    "load_config",
     "MaskFormer",
     "SemanticSegmentorWithTTA",
     "MaskFormerSemanticDatasetMapper",

@@ -1,15 +1,78 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """
-Config defaults of MaskFormer. :func:`get_mask_former_cfg` is the one factory the project uses;
-:func:`add_mask_former_config` adds the keys to a config of the user's (after
-``detectron2.projects.deeplab.add_deeplab_config``), as the original's users call it.
+Configs of MaskFormer runs.
+
+* :func:`load_config` is the one place where a run's config is built from a YAML file and
+  overrides: ``train_net.py``, the demo, the Predictor and every tool call it.
+* :func:`get_mask_former_cfg` is the default config with every key (the factory it starts from).
+* :func:`add_mask_former_config` adds the keys to a config of the user's (after
+  ``detectron2.projects.deeplab.add_deeplab_config``), as the original's users call it.
 """
+
+import os
+from typing import Optional, Sequence, Union
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
+from detectron2.utils.file_io import PathManager
 
-__all__ = ["add_mask_former_config", "get_mask_former_cfg"]
+from .utils.device import fall_back_to_cpu
+
+__all__ = ["add_mask_former_config", "get_mask_former_cfg", "load_config"]
+
+ConfigSource = Union[str, "os.PathLike[str]", CN, None]
+
+
+def load_config(
+    config: ConfigSource = None,
+    opts: Sequence[str] = (),
+    *,
+    weights: Optional[str] = None,
+    device: Optional[str] = None,
+    cpu_fallback: bool = True,
+    freeze: bool = True,
+) -> CN:
+    """
+    The config of a run: the defaults of :func:`get_mask_former_cfg`, then ``config``, then
+    ``opts``, then ``weights`` and ``device``.
+
+    Args:
+        config: a YAML file (its ``_BASE_`` chain included), loaded without running Python tags
+            (``!!python/...`` are refused); a CfgNode, copied; or None for the defaults.
+        opts: overrides as KEY VALUE pairs, as on a command line
+            (``("MODEL.WEIGHTS", "model.pkl", "SOLVER.MAX_ITER", "100")``).
+        weights: MODEL.WEIGHTS, when not None (applied after ``opts``).
+        device: MODEL.DEVICE, when not None (applied after ``opts``).
+        cpu_fallback: a CUDA MODEL.DEVICE on a machine without CUDA becomes "cpu", with a
+            warning (:func:`mask_former.utils.fall_back_to_cpu`).
+        freeze: return the config frozen.
+
+    Raises:
+        FileNotFoundError: ``config`` names no file.
+        KeyError, ValueError: from yacs, for an unknown key or a value of the wrong type
+            (the message names the key).
+    """
+    if isinstance(config, CN):
+        cfg = config.clone()
+        cfg.defrost()
+    else:
+        cfg = get_mask_former_cfg()
+        if config is not None and os.fspath(config) != "":
+            path = os.fspath(config)
+            if not PathManager.isfile(path):
+                raise FileNotFoundError(f"Config file {path!r} does not exist")
+            cfg.merge_from_file(path, allow_unsafe=False)
+    cfg.merge_from_list(list(opts))
+    if weights is not None:
+        cfg.MODEL.WEIGHTS = weights
+    if device is not None:
+        cfg.MODEL.DEVICE = device
+    if cpu_fallback:
+        fall_back_to_cpu(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg
 
 
 def get_mask_former_cfg() -> CN:

@@ -8,7 +8,7 @@ used by ``INPUT.DATASET_MAPPER_NAME``; :func:`build_train_mapper` builds the con
 
 from .build import DATASET_MAPPER_REGISTRY, build_train_mapper, register_mapper
 from .detr_panoptic import DETRPanopticDatasetMapper
-from .errors import DataError, DataFileNotFoundError, ImageSizeMismatchError, MapperError
+from ..errors import DataError, DataFileNotFoundError, ImageSizeMismatchError, MapperError
 from .evaluation import MaskFormerTestDatasetMapper
 from .panoptic import MaskFormerPanopticDatasetMapper
 from .semantic import MaskFormerSemanticDatasetMapper, build_mask_former_train_augmentations

@@ -16,7 +16,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from ..checks import check_num_classes, dataset_num_classes
-from .errors import naming_the_record
+from ..errors import naming_the_record
 from .reading import check_label_range, read_image, read_label_map
 from .targets import image_to_tensor
 

@@ -13,7 +13,7 @@ import torch
 from detectron2.data import transforms as T
 
 from .build import register_mapper
-from .errors import DataError
+from ..errors import DataError
 from .reading import (
     check_label_range,
     check_segments,

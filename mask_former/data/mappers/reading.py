@@ -22,7 +22,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.utils.file_io import PathManager
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError, DataFileNotFoundError, ImageSizeMismatchError
+from ..errors import DataError, DataFileNotFoundError, ImageSizeMismatchError
 
 __all__ = [
     "open_image",

@@ -17,7 +17,7 @@ from detectron2.data import transforms as T
 
 from ..checks import check_num_classes
 from .build import register_mapper
-from .errors import DataError, naming_the_record
+from ..errors import DataError, naming_the_record
 from .reading import check_label_range, read_image, read_label_map
 from .targets import image_to_tensor, pad_to_divisibility, semantic_instances
 
@@ -131,7 +131,7 @@ class MaskFormerSemanticDatasetMapper:
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         """
         Map one record (left unchanged). A bad file or record raises an error that names the
-        file (see :mod:`mask_former.data.mappers.errors`). A label map with only the ignore
+        file (see :mod:`mask_former.data.errors`). A label map with only the ignore
         label gives no targets: "instances" with N = 0, which the criterion trains on as
         "no object" for every query.
         """
