@@ -6,9 +6,9 @@ used by ``INPUT.DATASET_MAPPER_NAME``; :func:`build_train_mapper` builds the con
 :mod:`.errors`, whose messages name the file.
 """
 
+from ..errors import DataError, DataFileNotFoundError, ImageSizeMismatchError, MapperError
 from .build import DATASET_MAPPER_REGISTRY, build_train_mapper, register_mapper
 from .detr_panoptic import DETRPanopticDatasetMapper
-from ..errors import DataError, DataFileNotFoundError, ImageSizeMismatchError, MapperError
 from .evaluation import MaskFormerTestDatasetMapper
 from .panoptic import MaskFormerPanopticDatasetMapper
 from .semantic import MaskFormerSemanticDatasetMapper, build_mask_former_train_augmentations

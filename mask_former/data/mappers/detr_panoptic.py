@@ -16,8 +16,8 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import transforms as T
 
 from ..checks import check_num_classes
-from .build import register_mapper
 from ..errors import DataError, naming_the_record
+from .build import register_mapper
 from .reading import check_segments, read_image, read_panoptic_rgb, rgb_to_ids
 from .targets import image_to_tensor, panoptic_instances
 

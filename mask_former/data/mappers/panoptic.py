@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from detectron2.data import transforms as T
 
-from .build import register_mapper
 from ..errors import DataError
+from .build import register_mapper
 from .reading import (
     check_label_range,
     check_segments,

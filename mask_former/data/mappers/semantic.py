@@ -16,8 +16,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 
 from ..checks import check_num_classes
-from .build import register_mapper
 from ..errors import DataError, naming_the_record
+from .build import register_mapper
 from .reading import check_label_range, read_image, read_label_map
 from .targets import image_to_tensor, pad_to_divisibility, semantic_instances
 
