@@ -12,19 +12,18 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-from ..config import get_mask_former_cfg
+from ..config import load_config
 from ..utils.device import fall_back_to_cpu
 
 __all__ = ["build_cfg", "runs_on_cpu", "setup", "default_setup"]
 
 
 def build_cfg(args: argparse.Namespace) -> CfgNode:
-    """The (unfrozen) config of ``args.config_file`` and the trailing ``args.opts``."""
-    cfg = get_mask_former_cfg()
-    if args.config_file:
-        cfg.merge_from_file(args.config_file, allow_unsafe=False)
-    cfg.merge_from_list(args.opts)
-    return cfg
+    """
+    The (unfrozen) config of ``args.config_file`` and the trailing ``args.opts``
+    (:func:`mask_former.config.load_config`, the device fallback left to :func:`setup`).
+    """
+    return load_config(args.config_file or None, args.opts, cpu_fallback=False, freeze=False)
 
 
 def runs_on_cpu(args: argparse.Namespace) -> bool:

@@ -18,8 +18,9 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
-from model_testing import base_cfg, fixture_dirs, set_keys
+from model_testing import fixture_dirs, set_keys
 
+from mask_former import load_config
 from mask_former.modeling import semantic_inference
 
 FIXTURES = fixture_dirs()
@@ -32,9 +33,7 @@ def test_fixtures_found():
 
 
 def _cfg(fixture: Path, **overrides):
-    cfg = base_cfg()
-    cfg.merge_from_file(str(fixture / "config.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = load_config(fixture / "config.yaml", device="cpu", freeze=False)
     return set_keys(cfg, overrides)
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from mask_former import get_mask_former_cfg
+from mask_former import load_config
 from tests.modeling.model_testing import set_keys
 from tests.paths import CONFIGS, MODEL_ZOO_KEYS
 
@@ -102,9 +102,7 @@ ADE_VARIANTS = {
 
 
 def _config(relative_path: str):
-    cfg = get_mask_former_cfg()
-    cfg.merge_from_file(str(CONFIGS / relative_path), allow_unsafe=False)
-    return cfg
+    return load_config(CONFIGS / relative_path, cpu_fallback=False, freeze=False)
 
 
 def _build_meta(cfg):

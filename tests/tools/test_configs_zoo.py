@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mask_former import get_mask_former_cfg
+from mask_former import load_config
 from tests.paths import CONFIGS
 
 ADE, FULL, STUFF = "ade20k-150", "ade20k-full-847", "coco-stuff-10k-171"
@@ -59,9 +59,7 @@ ALL_YAML = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml"))
 
 
 def load(relative_path: str):
-    cfg = get_mask_former_cfg()
-    cfg.merge_from_file(str(CONFIGS / relative_path), allow_unsafe=False)
-    return cfg
+    return load_config(CONFIGS / relative_path, cpu_fallback=False, freeze=False)
 
 
 def scaled_sizes(base: int, last_tenth: int = 20):
