@@ -1,14 +1,18 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
-"""tools/benchmark.py on the tiny shapes ResNet-18 config at 64x64: tables, JSON, Voronoi targets.
-No timing is asserted."""
+"""tools/benchmark.py and mask_former.benchmark on the tiny shapes ResNet-18 config at 64x64:
+tables, JSON, Voronoi targets, the case worker against an older checkout. No timing is asserted."""
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from mask_former.benchmark import report, suite
+from mask_former.benchmark.runner import Run, inference_case, run_cases, train_case
+from mask_former.benchmark.worker import environment, run_case, voronoi_segments
 from tests.paths import REPO_ROOT
 
 CONFIG = "configs/shapes/maskformer_R18_bs8_1200.yaml"
@@ -41,9 +45,7 @@ def _assert_header(table: str, threads: int) -> None:
     assert f"{threads} threads" in table
 
 
-def test_voronoi_segments_partition_the_image(bench):
-    from benchmark_cases import voronoi_segments
-
+def test_voronoi_segments_partition_the_image():
     for n in (1, 3, 24):
         classes, masks = voronoi_segments(37, 53, n, 150, seed=n)
         assert masks.shape == (n, 37, 53) and masks.dtype == np.bool_
@@ -56,8 +58,8 @@ def test_voronoi_segments_partition_the_image(bench):
 
 
 def test_main_writes_captioned_tables_and_json(bench, tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(bench.MODES["quick"], "peak_repeats", 1)
-    monkeypatch.setitem(bench.MODES["quick"], "matcher_repeats", 1)
+    monkeypatch.setitem(suite.MODES["quick"], "peak_repeats", 1)
+    monkeypatch.setitem(suite.MODES["quick"], "matcher_repeats", 1)
     path = tmp_path / "bench.json"
     bench.main(["--rows", "peak", "matcher", "--threads", "1", "--json", str(path)])
     out = capsys.readouterr().out
@@ -65,6 +67,7 @@ def test_main_writes_captioned_tables_and_json(bench, tmp_path, capsys, monkeypa
     _assert_header(out, 1)
     results = json.loads(path.read_text())
     assert {"environment", "mode", "settings", "peaks", "matcher", "seconds"} <= set(results)
+    assert results["args"]["rows"] == ["peak", "matcher"] and results["args"]["threads"] == 1
     env = results["environment"]
     assert {"cpu_capability", "onednn_bf16_native", "threads", "torch", "device"} <= set(env)
     assert env["threads"] == 1 and results["mode"] == "quick"
@@ -73,11 +76,7 @@ def test_main_writes_captioned_tables_and_json(bench, tmp_path, capsys, monkeypa
         assert value > 0 or name.endswith("num_points"), name
 
 
-def test_inference_side_by_side_and_training_case(bench, tmp_path):
-    import benchmark_report as report
-    from benchmark_cases import environment, run_case
-    from benchmark_runner import Run, inference_case, run_cases, train_case
-
+def test_inference_side_by_side_and_training_case(tmp_path):
     # The baseline is this very checkout: same code, same weights, so the outputs agree.
     run = Run("cpu", "float32", 1, 0, str(REPO_ROOT), str(REPO_ROOT), str(tmp_path))
     case = inference_case(run, "tiny R18", CONFIG, (64, 64), {1: 1, 2: 1}, warmup=1)
@@ -118,9 +117,45 @@ def test_device_cuda_is_refused_only_without_cuda(bench, monkeypatch, tmp_path, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)  # no GPU is used
     args = bench.parse_args(["--device", "cuda", "--json", str(tmp_path / "b.json")])
     if cuda:
-        bench._check_args(args)
+        bench.check_args(args)
         assert args.device == "cuda"
     else:
         with pytest.raises(SystemExit, match="--device cuda: CUDA is not available here"):
-            bench._check_args(args)
-    bench._check_args(bench.parse_args(["--json", str(tmp_path / "b.json")]))  # the CPU: always
+            bench.check_args(args)
+    bench.check_args(bench.parse_args(["--json", str(tmp_path / "b.json")]))  # the CPU: always
+
+
+def _older_checkout(root):
+    """
+    A copy of this checkout's package and shapes configs as a checkout older than the config
+    builder and the benchmark package looks: no ``mask_former.load_config`` (c825558 and
+    before) and no ``mask_former/benchmark/``.
+    """
+    ignore = shutil.ignore_patterns("__pycache__", "benchmark")
+    shutil.copytree(REPO_ROOT / "mask_former", root / "mask_former", ignore=ignore)
+    shutil.copytree(REPO_ROOT / "configs" / "shapes", root / "configs" / "shapes")
+    init = root / "mask_former" / "__init__.py"
+    init.write_text(
+        init.read_text() + "\ndel load_config\n"
+        '__all__ = [n for n in __all__ if n != "load_config"]\n'
+    )
+    return root
+
+
+def test_worker_runs_against_an_older_checkout(tmp_path):
+    old = _older_checkout(tmp_path / "old")
+    assert not (old / "mask_former" / "benchmark").exists()
+    run = Run("cpu", "float32", 1, 0, str(REPO_ROOT), str(old), str(tmp_path / "cases"))
+    (tmp_path / "cases").mkdir()
+    case = inference_case(run, "tiny R18", CONFIG, (64, 64), {1: 1}, warmup=0)
+    (entry,) = run_cases([case], run)
+    current, baseline = entry["current"], entry["baseline"]
+    assert "error" not in current and "error" not in baseline, entry
+    assert baseline["mask_former_file"].startswith(str(old))
+    assert current["mask_former_file"].startswith(str(REPO_ROOT / "mask_former"))
+    # The older checkout builds its config the old way, this one by the config builder.
+    assert baseline["config_builder"] == "get_mask_former_cfg"
+    assert current["config_builder"] == "load_config"
+    # Both loaded all the shared seeded weights, so the same code gives the same pixels.
+    assert baseline["weights"] == {"missing": 0, "unexpected": 0}
+    assert entry["agreement"]["same_argmax"] == {"1": 1.0}

@@ -1,8 +1,8 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """
-The rows of ``tools/benchmark.py`` that run in its own process, on this checkout only: the
-machine's measured peak (a GEMM and a convolution), the Hungarian matcher, the train mapper of
-the shapes data and the evaluation on shapes val.
+The rows of the benchmark that run in its own process, on this checkout only: the machine's
+measured peak (a GEMM and a convolution), the Hungarian matcher, the train mapper of the shapes
+data, the evaluation on shapes val and the ONNX export in onnxruntime.
 """
 
 import contextlib
@@ -18,19 +18,22 @@ from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from benchmark_cases import summarize, sync, time_calls, voronoi_segments
+
+from .worker import summarize, sync, time_calls, voronoi_segments
 
 __all__ = [
     "bench_evaluation",
     "bench_mapper",
     "bench_matcher",
+    "bench_onnx",
     "measure_peaks",
     "shapes_datasets",
 ]
 
 logger = logging.getLogger("benchmark")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The checkout this package is in (its configs/ are measured).
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHAPES_CONFIG = os.path.join(REPO, "configs", "shapes", "maskformer_panoptic_R18_main.yaml")
 
 
@@ -152,15 +155,10 @@ def shapes_datasets() -> Iterator[Dict[str, str]]:
 
 
 def _shapes_cfg(names: Dict[str, str], device: str):
-    from mask_former import get_mask_former_cfg
+    from mask_former.config import load_config
 
-    cfg = get_mask_former_cfg()
-    cfg.merge_from_file(SHAPES_CONFIG, allow_unsafe=False)
-    cfg.MODEL.DEVICE = device
-    cfg.MODEL.WEIGHTS = ""
-    cfg.DATASETS.TRAIN = (names["train"],)
-    cfg.DATASETS.TEST = (names["val"],)
-    return cfg
+    opts = ["DATASETS.TRAIN", (names["train"],), "DATASETS.TEST", (names["val"],)]
+    return load_config(SHAPES_CONFIG, opts, weights="", device=device, cpu_fallback=False)
 
 
 def bench_mapper(names: Dict[str, str], num_images: int, seed: int = 0) -> Dict:
@@ -240,22 +238,23 @@ def _timed_inference(model, loader, evaluator, device: str, dtype: str) -> float
     return time.perf_counter() - start
 
 
-def bench_onnx(config: str, size: Tuple[int, int], threads: int, repeats: int, seed: int = 0):
+def bench_onnx(
+    config: str, size: Tuple[int, int], threads: int, repeats: int, seed: int = 0
+) -> List[Dict]:
     """
     Row 7: latency of one image through the ONNX export of ``config`` in onnxruntime (CPU,
     ``threads`` intra-op threads) beside PyTorch's on the same seeded weights and size.
     """
-    import export_model  # beside this script; imports onnx/onnxruntime only when called
+    # onnx / onnxruntime are imported only when the export is called.
+    from mask_former.config import load_config
+    from mask_former.inference.export import export, onnx_latency
 
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]  # seeded random weights, no download
-    cfg = export_model.setup_cfg(os.path.join(REPO, config), opts)
+    cfg = load_config(os.path.join(REPO, config), weights="", device="cpu")  # seeded weights
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        wrapper = export_model.export(cfg, path)
-        onnx_s = export_model.onnx_latency(
-            path, *size, warmup=2, repeats=repeats, threads=threads, seed=seed
-        )
+        wrapper = export(cfg, path)
+        onnx_s = onnx_latency(path, *size, warmup=2, repeats=repeats, threads=threads, seed=seed)
     image = torch.rand((3, *size), generator=torch.Generator().manual_seed(seed)) * 255
     with torch.no_grad():
         torch_s = time_calls(lambda: wrapper(image), warmup=2, repeats=repeats, device="cpu")

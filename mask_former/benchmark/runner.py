@@ -1,9 +1,13 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """
-How ``tools/benchmark.py`` runs its model cases: each in a fresh process (so that its peak
-RSS is its own) with one checkout's directory first on PYTHONPATH and as working directory;
-with a baseline checkout the two alternate, load the same seeded weights, and their outputs
-are compared.
+How the benchmark runs its model cases: each in a fresh process (so that its peak RSS is its
+own) that executes this checkout's :mod:`~mask_former.benchmark.worker` file by path, with the
+measured checkout's directory first on PYTHONPATH and as working directory; with a baseline
+checkout the two alternate, load the same seeded weights, and their outputs are compared.
+
+The worker is started through ``runpy`` from ``python -c`` rather than as ``python worker.py``,
+so that the folder of this package is not put first on the subprocess's ``sys.path``: the
+measured checkout's ``mask_former`` is the only one it can import.
 """
 
 import json
@@ -16,13 +20,18 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from benchmark_cases import save_seeded_weights
+
+from .worker import save_seeded_weights
 
 __all__ = ["Run", "inference_case", "run_cases", "train_case"]
 
 logger = logging.getLogger("benchmark")
 
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_cases.py")
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+# Runs ``argv[1]`` as __main__ with the arguments that follow it (sys.path[0] stays the cwd).
+_RUN_WORKER = (
+    "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
 
 
 @dataclass
@@ -95,7 +104,7 @@ def run_in_subprocess(case: Dict, root: str, tag: str, run: Run) -> Dict:
     env["OMP_NUM_THREADS"] = str(run.threads)
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, WORKER, stem + ".case.json"],
+        [sys.executable, "-c", _RUN_WORKER, WORKER, stem + ".case.json"],
         cwd=root,
         env=env,
         capture_output=True,

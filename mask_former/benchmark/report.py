@@ -1,17 +1,16 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """
-The output of ``tools/benchmark.py``: one markdown table per row, each captioned with the
-machine it ran on (CPU capability, native oneDNN bfloat16, threads, torch version, device),
-and the JSON file of all results, written atomically.
+The output of the benchmark (``tools/benchmark.py``): one markdown table per row, each
+captioned with the machine it ran on (CPU capability, native oneDNN bfloat16, threads, torch
+version, device), and the JSON file of all results, written atomically.
 """
 
 import json
 import os
 from typing import Dict, List, Optional, Sequence
 
-from benchmark_cases import PARTS, POST
-
-from mask_former.utils.atomic_io import atomic_write
+from ..utils.atomic_io import atomic_write
+from .worker import PARTS, POST
 
 __all__ = [
     "caption",
@@ -19,6 +18,7 @@ __all__ = [
     "inference_table",
     "mapper_table",
     "matcher_table",
+    "onnx_table",
     "parts_table",
     "peaks_table",
     "train_table",

@@ -1,24 +1,30 @@
-#!/usr/bin/env python
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """
-The measured cases of ``tools/benchmark.py`` that run in a process of their own: inference
-latency (with the time and FLOPs of each part of the model) and one training iteration.
+The case worker of the benchmark (``mask_former.benchmark``): inference latency (with the time
+and FLOPs of each part of the model) and one training iteration, each run in a process of its
+own by :mod:`mask_former.benchmark.runner`.
 
-Run as a script, a case runs with whichever ``mask_former`` its Python path names first, so the
-same case runs against this checkout and against a baseline checkout (``--baseline``)::
+This file is self-contained: it is executed by path, from this checkout, against whichever
+``mask_former`` its Python path names first, so the same case runs against this checkout and
+against an older checkout (``tools/benchmark.py --baseline``) that has no benchmark package::
 
-    PYTHONPATH=<checkout> python tools/benchmark_cases.py CASE.json
+    PYTHONPATH=<checkout> python mask_former/benchmark/worker.py CASE.json
+
+At import it needs only the standard library, numpy and torch; of the measured package it uses
+only the stable public API (``build_model``, the config builder ``mask_former.load_config`` or,
+in checkouts older than it, the config factory, and the model's ``backbone`` /
+``sem_seg_head.pixel_decoder`` / ``sem_seg_head.predictor``). It never imports
+``mask_former.benchmark``; the package imports the timing helpers from here.
 
 The case file (a dict, see :func:`run_case`) names where the result JSON and the arrays (npz)
-go. Only the stable API of the package is used (``build_model``, the config factory, the
-model's ``backbone`` / ``sem_seg_head.pixel_decoder`` / ``sem_seg_head.predictor``), so older
-checkouts run the same cases.
+go.
 
 Shape shorthand in this module: N segments, H, W image height and width.
 """
 
 import contextlib
 import json
+import logging
 import os
 import resource
 import statistics
@@ -38,6 +44,8 @@ __all__ = [
     "time_calls",
     "voronoi_segments",
 ]
+
+logger = logging.getLogger("benchmark.worker")
 
 # The parts of an inference, in the order they run; "pre/post-processing" is the rest.
 PARTS = ("backbone", "pixel decoder", "transformer decoder")
@@ -116,13 +124,31 @@ def random_images(num: int, height: int, width: int, seed: int) -> List[torch.Te
     ]
 
 
-def load_cfg(config_file: str, opts: Sequence[str]):
-    """The config of ``config_file`` with ``opts``, by the package's factory where it has one."""
+def config_builder() -> str:
+    """
+    How the measured ``mask_former`` builds a config: "load_config" (the config builder),
+    "get_mask_former_cfg" (older checkouts: the config factory) or "get_cfg" (older still).
+    """
     import mask_former
 
-    factory = getattr(mask_former, "get_mask_former_cfg", None)
-    if factory is not None:
-        cfg = factory()
+    for name in ("load_config", "get_mask_former_cfg"):
+        if hasattr(mask_former, name):
+            return name
+    return "get_cfg"
+
+
+def load_cfg(config_file: str, opts: Sequence[str]):
+    """
+    The config of ``config_file`` with ``opts``: by ``mask_former.load_config`` where the
+    measured checkout has it, else (older checkouts) by its config factory and a YAML merge.
+    """
+    import mask_former
+
+    builder = config_builder()
+    if builder == "load_config":
+        return mask_former.load_config(config_file, opts, cpu_fallback=False)
+    if builder == "get_mask_former_cfg":
+        cfg = mask_former.get_mask_former_cfg()
     else:  # checkouts older than the one config factory
         from detectron2.config import get_cfg
         from detectron2.projects.deeplab import add_deeplab_config
@@ -346,6 +372,7 @@ def run_case(case: Dict) -> Tuple[Dict, Dict[str, np.ndarray]]:
     result, arrays = run(case)
     result["memory"] = peak_memory(case["device"])
     result["mask_former_file"] = os.path.abspath(mask_former.__file__)
+    result["config_builder"] = config_builder()
     result["weights"] = case.pop("_weights", None)
     return result, arrays
 
@@ -360,7 +387,7 @@ def main(argv: Sequence[str]) -> None:
     found = os.path.realpath(mask_former.__file__)
     if not found.startswith(root + os.sep):
         raise SystemExit(f"mask_former was imported from {found}, not from under {root}")
-    print(f"mask_former: {found}", flush=True)
+    logger.info("mask_former: %s", found)
     result, arrays = run_case(case)
     np.savez_compressed(case["arrays"], **arrays)
     with open(case["result"], "w") as f:
@@ -368,4 +395,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main(sys.argv[1:])
