@@ -29,6 +29,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from mask_former.data.datasets.categories import ade20k_150_categories
+from mask_former.data.io import rgb_to_ids
+
 logger = logging.getLogger("prepare_ade20k_pan_seg")
 
 HERE = Path(__file__).resolve().parent
@@ -51,8 +54,6 @@ def load_image_ids(path: Path = HERE / "ade20k_instance_imgCatIds.json") -> Dict
 
 
 def categories_json() -> List[dict]:
-    from mask_former.data.datasets.categories import ade20k_150_categories
-
     return [
         {
             "id": c["id"],
@@ -114,7 +115,7 @@ def panoptic_from_annotations(
         pan[mask] = color
         segments.append((mask, segment_id, category))
     # Later (thing) segments may have covered parts of earlier ones: measure what is left.
-    ids = pan[..., 0].astype(np.int64) + 256 * pan[..., 1] + 65536 * pan[..., 2]
+    ids = rgb_to_ids(pan)
     infos = [_segment_info(ids == sid, sid, cat) for _, sid, cat in segments if (ids == sid).any()]
     return pan, infos
 

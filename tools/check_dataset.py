@@ -8,12 +8,14 @@ Usage:
     python tools/check_dataset.py --config-file configs/ade20k-150/maskformer_R50_bs16_160k.yaml
     python tools/check_dataset.py --register my_datasets.py --dataset my_dataset_sem_seg_val
 
-It checks that every file exists and decodes, that every image has its label map (detectron2's
-``load_sem_seg`` silently drops images whose label is missing: they are named here), that image
-and label sizes agree, that label values are classes or the ignore label, that panoptic JSON
-and PNGs agree, and that the category metadata is complete; then prints a class-frequency table
-(see mask_former/data/doctor.py). With ``--config-file`` it checks every dataset of
-DATASETS.TRAIN and DATASETS.TEST, and MODEL.SEM_SEG_HEAD.NUM_CLASSES against each.
+It checks that every file exists and decodes (read as the dataset mappers read it, with the
+same error message for a bad file), that every image has its label map (detectron2's
+``load_sem_seg`` only logs a warning with the two folders' file counts and leaves such images
+out: they are named here), that image and label sizes agree, that label values are classes or
+the ignore label, that panoptic JSON and PNGs agree, and that the category metadata is
+complete; then prints a class-frequency table (see mask_former/data/doctor.py). With
+``--config-file`` it checks every dataset of DATASETS.TRAIN and DATASETS.TEST, and
+MODEL.SEM_SEG_HEAD.NUM_CLASSES against each.
 
 Exit status: 0 no errors (warnings, such as another split of the dataset being absent, are
 fine), 1 errors, 2 usage error or unknown dataset.
@@ -31,17 +33,24 @@ from typing import List, Optional, Set
 from detectron2.data import DatasetCatalog
 
 import mask_former  # noqa: F401  (registers the datasets)
-from mask_former.config import get_mask_former_cfg
+from mask_former.config import load_config
 from mask_former.data.checks import check_num_classes
 from mask_former.data.doctor import ERROR, DatasetReport, check_dataset
 
 logger = logging.getLogger("mask_former.check_dataset")
+_DESCRIPTION = """\
+Check registered datasets before training on them: every image, label map and panoptic PNG
+exists, decodes and has its image's size; label values are classes or the ignore label; the
+panoptic JSON and PNGs agree; the class metadata is complete. Then print a class-frequency
+table per dataset. Name the datasets (--dataset), or give a config (--config-file) to check its
+DATASETS.TRAIN and DATASETS.TEST and its MODEL.SEM_SEG_HEAD.NUM_CLASSES against each.
+Datasets of your own are registered by --register."""
 _NAME_WIDTH = 24  # longer class names are cut in the table
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[1].strip().splitlines()[0],
+        description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Exit status: 0 no errors (warnings only), 1 errors, 2 usage or unknown dataset.",
     )
@@ -76,29 +85,32 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def import_registration(target: str) -> None:
-    """Import a module by name (from the current folder too, as ``python -m``) or a .py file."""
-    if target.endswith(".py") or os.sep in target:
-        name = os.path.splitext(os.path.basename(target))[0]
-        spec = importlib.util.spec_from_file_location(name, target)
-        if spec is None or not os.path.isfile(target):
-            raise FileNotFoundError(f"--register {target!r}: no such file")
-        folder = os.path.dirname(os.path.abspath(target))
-        if folder not in sys.path:  # so that it imports the modules beside it
-            sys.path.insert(0, folder)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+    """
+    Import a module by name (from the current folder too, as ``python -m``) or a .py file.
+    The user's folder (the file's, or the current one for a module name) goes first on
+    ``sys.path``, so that the module imports the modules beside it.
+    """
+    is_file = target.endswith(".py") or os.sep in target
+    if is_file and not os.path.isfile(target):
+        raise FileNotFoundError(f"--register {target!r}: no such file")
+    folder = os.path.dirname(os.path.abspath(target)) if is_file else os.getcwd()
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    if not is_file:
+        importlib.import_module(target)
         return
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    importlib.import_module(target)
+    name = os.path.splitext(os.path.basename(target))[0]
+    spec = importlib.util.spec_from_file_location(name, target)
+    if spec is None:
+        raise ImportError(f"--register {target!r}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
 
 
 def _config_datasets(args: argparse.Namespace):
     """The datasets of ``--config-file`` and its MODEL.SEM_SEG_HEAD.NUM_CLASSES."""
-    cfg = get_mask_former_cfg()
-    cfg.merge_from_file(args.config_file, allow_unsafe=False)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts, cpu_fallback=False)
     names = list(dict.fromkeys(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)))
     return names, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
 

@@ -9,13 +9,16 @@ What it checks, for the records of the dataset's loader and the folders of its m
 - the metadata: class names (``stuff_classes``; ``thing_classes``, an error only for panoptic
   data), ``ignore_label``, colours, ``evaluator_type``, and for panoptic data the two category
   id maps (contiguous ids 0..K-1, things in the thing map) against the JSON's categories;
-- every image, label map and panoptic PNG exists and decodes; label maps have one channel and
-  their image's size (upright per EXIF, as the mappers read images); label values are classes
-  [0, K) or the ignore label;
+- every image, label map and panoptic PNG exists and decodes, read as the mappers read it
+  (:func:`mask_former.data.io.open_image`: upright per EXIF; an unreadable file is reported
+  with the :class:`~mask_former.data.io.UnreadableImageError` message the mappers raise);
+  label maps have one channel and their image's size; label values are classes [0, K) or
+  the ignore label;
 - semantic folders (``image_root`` / ``sem_seg_root`` of a ``load_sem_seg`` dataset): every
-  image has its label map and every label map its image, since detectron2's ``load_sem_seg``
-  silently keeps only the names found in both (and pairs files by sorted order when the
-  counts agree);
+  image has its label map and every label map its image. When the counts differ, detectron2's
+  ``load_sem_seg`` logs only a warning ("Directory <images> and <labels> has N and M files,
+  respectively", then "Will use their intersection of K files") and uses only the images that
+  have both; when the counts agree it pairs the files by sorted order, whatever their names;
 - panoptic PNGs against the JSON's ``segments_info``: each listed segment is in the PNG (with
   its ``area``), each non-zero PNG id is listed, ids are unique and categories in range;
 - the other splits of the dataset (the same name with train/val/test swapped): an absent one
@@ -33,19 +36,18 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .checks import dataset_num_classes
+from .io import IMAGE_EXTENSIONS, UnreadableImageError, open_image, rgb_to_ids
+from .mappers.reading import FILE_ROLES
 
 __all__ = ["ERROR", "WARNING", "Issue", "DatasetReport", "check_dataset", "sibling_splits"]
 
 ERROR, WARNING = "error", "warning"
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _SPLIT_WORDS = ("train", "val", "test", "training", "validation", "trainval", "minival")
 # Metadata keys that name a file or folder of ground truth or images.
 _PATH_KEYS = ("image_root", "sem_seg_root", "panoptic_root", "panoptic_json", "image_dir", "gt_dir")
-_EXIF_ORIENTATION = 0x0112
-_TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,39 +218,28 @@ def _check_panoptic_json(report: DatasetReport, meta: Dict[str, Any]) -> None:
 # Files
 
 
-def _open(report: DatasetReport, path: str, what: str) -> Optional[Image.Image]:
-    """The decoded image of ``path``, or None with an error naming it."""
+def _open(report: DatasetReport, record: Dict[str, Any], field: str) -> Optional[Image.Image]:
+    """
+    The decoded, upright image of the file ``record[field]`` (as the mappers read it), or
+    None with an error: "missing file", or "unreadable file" with the mappers' message.
+    """
+    path, what = record[field], FILE_ROLES[field]
     try:
-        if os.path.getsize(path) == 0:
-            raise ValueError("empty file (0 bytes)")
-        image = Image.open(path)
-        image.load()
-        return image
-    except FileNotFoundError:
-        report.add(ERROR, "missing file", f"{what} {path} does not exist")
-    except UnidentifiedImageError:
-        report.add(ERROR, "unreadable file", f"{what} {path} is not an image (unknown format)")
-    except Exception as e:  # Pillow reports bad data as OSError, SyntaxError, ValueError, ...
-        report.add(ERROR, "unreadable file", f"{what} {path} is truncated or corrupt ({e})")
+        return open_image(path, what)
+    except UnreadableImageError as e:
+        if e.reason == "no such file":
+            report.add(ERROR, "missing file", f"{what} {path} does not exist")
+        else:
+            report.add(ERROR, "unreadable file", str(e))
     return None
-
-
-def _upright_size(image: Image.Image) -> Tuple[int, int]:
-    """(H, W) of ``image`` once turned upright per its EXIF orientation, as the mappers read it."""
-    try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION)
-    except Exception:  # a malformed EXIF block: read as stored
-        orientation = None
-    w, h = image.size
-    return (w, h) if orientation in _TURNED else (h, w)
 
 
 def _check_image(report: DatasetReport, record: Dict[str, Any]) -> Optional[Tuple[int, int]]:
     """The upright (H, W) of the record's image, or None if it cannot be read."""
-    image = _open(report, record["file_name"], "image")
+    image = _open(report, record, "file_name")
     if image is None:
         return None
-    size = _upright_size(image)
+    size = (image.height, image.width)
     if "height" in record and "width" in record and (record["height"], record["width"]) != size:
         report.add(
             ERROR,
@@ -276,7 +267,7 @@ def _size_matches(report: DatasetReport, path: str, shape, image_path: str, size
 
 def _check_sem_seg(report: DatasetReport, record: Dict, size, ignore) -> None:
     path = record["sem_seg_file_name"]
-    image = _open(report, path, "label map")
+    image = _open(report, record, "sem_seg_file_name")
     if image is None:
         return
     labels = np.asarray(image)
@@ -304,15 +295,13 @@ def _check_sem_seg(report: DatasetReport, record: Dict, size, ignore) -> None:
 
 def _check_pan_seg(report: DatasetReport, record: Dict, size) -> None:
     path = record["pan_seg_file_name"]
-    image = _open(report, path, "panoptic PNG")
+    image = _open(report, record, "pan_seg_file_name")
     if image is None:
         return
-    rgb = np.asarray(image.convert("RGB")).astype(np.int64)
+    rgb = np.asarray(image.convert("RGB"))
     if not _size_matches(report, path, rgb.shape, record["file_name"], size):
         return
-    ids, pixels = np.unique(
-        rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2], return_counts=True
-    )
+    ids, pixels = np.unique(rgb_to_ids(rgb), return_counts=True)
     area = dict(zip(ids.tolist(), pixels.tolist()))
     segments = record.get("segments_info", [])
     listed = Counter(s["id"] for s in segments)
@@ -373,10 +362,25 @@ def _ext(records: List[Dict], field: str, default: str) -> str:
     return os.path.splitext(records[0][field])[1] if records else default
 
 
+def _load_sem_seg_does(images: Dict[str, str], labels: Dict[str, str]) -> str:
+    """What detectron2's ``load_sem_seg`` does with folders where an image lacks its label map."""
+    if len(images) == len(labels):
+        return (
+            "the folders hold as many files, so detectron2's load_sem_seg pairs the files by "
+            "sorted order, this image with another label map"
+        )
+    return (
+        "detectron2's load_sem_seg leaves it out: it logs a warning that the folders 'has "
+        f"{len(images)} and {len(labels)} files, respectively' and uses only the images that "
+        "have both"
+    )
+
+
 def _check_semantic_folders(report: DatasetReport, meta: Dict, records: List[Dict]) -> List[Dict]:
     """
-    Images without label maps (an error: load_sem_seg drops them silently) and label maps
-    without images in the folders of a ``load_sem_seg`` dataset.
+    Images without label maps (an error: load_sem_seg leaves them out, with only a warning
+    that gives the two folders' file counts) and label maps without images in the folders of
+    a ``load_sem_seg`` dataset.
 
     Returns:
         the records that pair each image with the label map of its name (what the files
@@ -391,8 +395,7 @@ def _check_semantic_folders(report: DatasetReport, meta: Dict, records: List[Dic
         report.add(
             ERROR,
             "image without label",
-            f"{images[stem]} has no label map in {gt_root} (detectron2's load_sem_seg drops it "
-            "without a word)",
+            f"{images[stem]} has no label map in {gt_root} ({_load_sem_seg_does(images, labels)})",
         )
     for stem in sorted(set(labels) - set(images)):
         report.add(WARNING, "label without image", f"{labels[stem]} has no image in {image_root}")
@@ -422,7 +425,7 @@ def _check_panoptic_folders(report: DatasetReport, meta: Dict, records: List[Dic
         used = {os.path.normpath(r[field]) for r in records if field in r}
         for f in sorted(os.listdir(folder)):
             path = os.path.join(folder, f)
-            if f.lower().endswith(_IMAGE_EXTENSIONS) and os.path.normpath(path) not in used:
+            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.normpath(path) not in used:
                 report.add(
                     WARNING, "unused file", f"{path} is in no record of {meta['panoptic_json']}"
                 )

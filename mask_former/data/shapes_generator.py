@@ -41,6 +41,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
+from .io import ids_to_rgb
+
 __all__ = [
     "SHAPES_CATEGORIES",
     "SHAPES_SPLITS",
@@ -277,8 +279,8 @@ def panoptic_segments(labels: np.ndarray, inst_map: np.ndarray):
 
 
 def _id_to_bgr(ids: np.ndarray) -> np.ndarray:
-    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 256**2], axis=-1).astype(np.uint8)
-    return rgb[..., ::-1]
+    """Segment ids as the BGR colours of a COCO panoptic PNG, for ``cv2.imwrite``."""
+    return ids_to_rgb(ids)[..., ::-1]
 
 
 def _write(path: str, array: np.ndarray, params=()) -> None:

@@ -12,7 +12,9 @@ colour so that the image content follows the labels through the augmentations.
 
 import json
 import os
+import struct
 import uuid
+import zlib
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -74,6 +76,25 @@ def panoptic_ids(ids: Dict[str, int]) -> np.ndarray:
 
 def ids_to_rgb(ids: np.ndarray) -> np.ndarray:
     return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+
+
+def bomb_png(width: int = 60000, height: int = 60000) -> bytes:
+    """
+    A PNG whose header declares ``width`` x ``height`` 8-bit grey pixels (a "decompression
+    bomb" above Pillow's pixel limit), followed by a tiny compressed row and IEND.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def save_image(path: str, array: np.ndarray, **kwargs) -> str:

@@ -13,13 +13,13 @@ from typing import Any, Callable, Dict
 import numpy as np
 import pytest
 import torch
-from data_testutils import H, W, ids_to_rgb, save_image, unique_prefix
+from data_testutils import H, W, bomb_png, ids_to_rgb, save_image, unique_prefix
 from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
 from detectron2.data import transforms as T
 from PIL import Image
 from torch._utils import ExceptionWrapper
 
-from mask_former import get_mask_former_cfg
+from mask_former import load_config
 from mask_former.data import (
     DETRPanopticDatasetMapper,
     MaskFormerPanopticDatasetMapper,
@@ -34,6 +34,7 @@ from mask_former.data.mappers import (
     DataFileNotFoundError,
     ImageSizeMismatchError,
     MapperError,
+    UnreadableImageError,
 )
 from mask_former.data.mappers.detr_panoptic import CROP_RESIZE_MAX_SIZE
 from tests.paths import CONFIGS
@@ -42,9 +43,10 @@ ADE_CONFIG = str(CONFIGS / "ade20k-150" / "maskformer_R50_bs16_160k.yaml")
 COCO_CONFIG = str(CONFIGS / "coco-panoptic" / "maskformer_panoptic_R50_bs64_554k.yaml")
 # Files that are not readable images, and the reason the error gives for each.
 UNREADABLE = {
-    "cut.png": "truncated or corrupt",
-    "empty.jpg": "empty file",
-    "notes.jpg": "not an image",
+    "bomb.png": r"too large \(3600000000 pixels; the limit is \d+\)",
+    "cut.png": r"truncated or corrupt \(.+\)",
+    "empty.jpg": r"empty file \(0 bytes\)",
+    "notes.jpg": r"not an image \(unknown format\)",
 }
 KINDS = ("mask_former_semantic", "mask_former_panoptic", "detr_panoptic", "test")
 
@@ -80,6 +82,7 @@ def write_unreadable(folder: Path) -> None:
     (folder / "cut.png").write_bytes(png[: len(png) // 2])
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "notes.jpg").write_text("not an image, despite its name\n")
+    (folder / "bomb.png").write_bytes(bomb_png(60000, 60000))
 
 
 def labelled_record(image_path: str, size: tuple, label: int = 1) -> Dict[str, Any]:
@@ -131,9 +134,8 @@ def for_kind(record: Dict[str, Any], kind: str) -> Dict[str, Any]:
 
 
 def zoo_cfg(path: str):
-    cfg = get_mask_former_cfg()
-    cfg.merge_from_file(path)
-    return cfg
+    """The model-zoo config ``path``, unfrozen, its MODEL.DEVICE as written."""
+    return load_config(path, freeze=False, cpu_fallback=False)
 
 
 # --- unreadable and missing files ---------------------------------------------------------------
@@ -144,8 +146,12 @@ def zoo_cfg(path: str):
 def test_unreadable_image_names_the_file(tmp_path, kind, name):
     write_unreadable(tmp_path / "in")
     record = labelled_record(str(tmp_path / "in" / name), (H, W))
-    with pytest.raises(DataError, match=f"Image file '.*{name}' is (an )?{UNREADABLE[name]}") as e:
+    path = re.escape(str(tmp_path / "in" / name))
+    with pytest.raises(
+        UnreadableImageError, match=f"^Cannot read image {path}: {UNREADABLE[name]}$"
+    ) as e:
         plain_mapper(kind)(for_kind(record, kind))
+    assert isinstance(e.value, DataError) and e.value.path == str(tmp_path / "in" / name)
     # One line, no chained traceback of the decoder.
     assert e.value.__cause__ is None and (
         e.value.__context__ is None or e.value.__suppress_context__
@@ -166,8 +172,42 @@ def test_unreadable_label_map_or_panoptic_png_names_the_file(tmp_path, kind, fie
     write_unreadable(tmp_path / "in")
     record = labelled_record(str(tmp_path / "in" / "good.png"), (H, W))
     record[field] = str(tmp_path / "in" / name)
-    with pytest.raises(DataError, match=f"'.*{name}' is (an )?{UNREADABLE[name]}"):
+    role = {"sem_seg_file_name": "label map", "pan_seg_file_name": "panoptic PNG"}[field]
+    path = re.escape(str(tmp_path / "in" / name))
+    expected = f"^Cannot read {role} \\({field}\\) {path}: {UNREADABLE[name]}$"
+    with pytest.raises(UnreadableImageError, match=expected):
         plain_mapper(kind)(for_kind(record, kind))
+
+
+def test_doctor_and_train_mapper_give_the_same_verdict_on_each_bad_file(tmp_path):
+    from mask_former.data.datasets import register_dataset
+    from mask_former.data.doctor import check_dataset
+
+    write_unreadable(tmp_path / "in")
+    good = str(tmp_path / "in" / "good.png")
+    records, expected = [], []
+    for name in sorted(UNREADABLE):
+        bad = str(tmp_path / "in" / name)
+        as_label = labelled_record(good, (H, W))
+        as_label["sem_seg_file_name"] = bad
+        for record, role in ((labelled_record(bad, (H, W)), "image"), (as_label, "label map")):
+            records.append(for_kind(record, "mask_former_semantic"))
+            expected.append((role, bad, UNREADABLE[name]))
+    name = unique_prefix() + "bad_files"
+    meta = {"stuff_classes": [f"c{i}" for i in range(150)], "ignore_label": 255}
+    register_dataset(
+        name, lambda: [dict(r) for r in records], {**meta, "evaluator_type": "sem_seg"}
+    )
+    doctor = [i.detail for i in check_dataset(name).issues if i.kind == "unreadable file"]
+    mapper = plain_mapper("mask_former_semantic")
+    verdicts = []
+    for record in records:
+        with pytest.raises(UnreadableImageError) as e:
+            mapper(dict(record))
+        verdicts.append(str(e.value))
+    assert doctor == verdicts and len(verdicts) == 2 * len(UNREADABLE)
+    for verdict, (role, path, reason) in zip(verdicts, expected):
+        assert re.fullmatch(f"Cannot read {role}.* {re.escape(path)}: {reason}", verdict), verdict
 
 
 @pytest.mark.parametrize(
@@ -221,12 +261,16 @@ def test_worker_error_names_the_file_in_its_first_line(tmp_path, kind):
     with pytest.raises(DataError) as e:
         next(iter(loader))
     first = str(e.value).splitlines()[0]
-    assert "cut.png' is truncated or corrupt" in first and "worker process 0" in first
+    assert first.startswith(
+        f"Cannot read image {tmp_path / 'in' / 'cut.png'}: truncated or corrupt"
+    )
+    assert "worker process 0" in first
     assert "Original Traceback" in str(e.value)  # the worker's traceback is still there
 
 
 @pytest.mark.parametrize(
-    "error", [DataError, DataFileNotFoundError, ImageSizeMismatchError, MapperError]
+    "error",
+    [DataError, DataFileNotFoundError, ImageSizeMismatchError, MapperError, UnreadableImageError],
 )
 def test_every_mapper_error_keeps_its_message_first_through_a_worker(error):
     # What PyTorch does with an exception in a worker: format it there, re-raise it here.

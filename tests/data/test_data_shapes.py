@@ -220,7 +220,8 @@ def test_evaluators_score_ground_truth_perfectly(tmp_path, tiny_splits):
     # same val set: the ground truth itself, fed back as predictions, scores 100 PQ and mIoU.
     from detectron2.evaluation import COCOPanopticEvaluator, SemSegEvaluator
 
-    from mask_former.data.mappers.reading import read_panoptic_ids
+    from mask_former.data.io import rgb_to_ids
+    from mask_former.data.mappers.reading import read_panoptic_rgb
 
     prefix = unique_prefix()
     register_shapes(str(tmp_path), prefix)
@@ -231,7 +232,7 @@ def test_evaluators_score_ground_truth_perfectly(tmp_path, tiny_splits):
     pan_eval.reset()
     sem_eval.reset()
     for rec in records:
-        ids = read_panoptic_ids(rec, (rec["height"], rec["width"]))
+        ids = rgb_to_ids(read_panoptic_rgb(rec, (rec["height"], rec["width"])))
         labels = cv2.imread(rec["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
         scores = torch.nn.functional.one_hot(torch.as_tensor(labels.astype(np.int64)), 6)
         segments = [

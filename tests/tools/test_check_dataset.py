@@ -14,9 +14,11 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
+from detectron2.data.datasets import load_sem_seg
 from PIL import Image
 
 from mask_former.data.datasets import (
@@ -124,19 +126,44 @@ def test_semantic_faults_are_each_named(tmp_path, doctor, capsys):
     assert status == 1
     report = out.out
     assert f"[image without label] {images / '000001.jpg'} has no label map" in report
-    assert "load_sem_seg drops it" in report
+    # The counts agree (one label map missing, one extra): load_sem_seg warns of nothing.
+    assert "load_sem_seg pairs the files by sorted order, this image with another" in report
     assert f"[label without image] {labels / 'orphan.png'}" in report
-    assert f"{images / '000002.jpg'} is truncated or corrupt" in report
+    assert f"Cannot read image {images / '000002.jpg'}: truncated or corrupt (" in report
     assert f"[size mismatch] {labels / '000003.png'} is 12x10 (WxH)" in report
     assert f"label map {labels / '000004.png'} has values outside the classes [0, 6)" in report
     assert "and not the ignore label 255: [7, 9, 200]" in report
     assert f"label map {labels / '000005.png'} has shape" in report
-    assert f"label map {labels / '000006.png'} is truncated or corrupt (empty file" in report
+    assert (
+        f"[unreadable file] Cannot read label map (sem_seg_file_name) {labels / '000006.png'}: "
+        "empty file (0 bytes)\n" in report
+    )
     # With one label map missing and one extra, the counts agree: load_sem_seg pairs by order.
     assert "load_sem_seg pairs 7 of 8 images with the label map of another name" in report
     assert "FAILED: 7 errors, 3 warnings" in report
     for clean in ("000000", "000007"):
         assert clean not in report
+
+
+def test_missing_label_map_is_reported_as_load_sem_seg_handles_it(tmp_path, doctor, capsys):
+    root = _miniature(tmp_path)
+    labels, images = root / "sem_seg" / "val", root / "images" / "val"
+    (labels / "000001.png").unlink()
+    name = _register_semantic(root)
+    status, out = doctor(capsys, "--dataset", name)
+    assert status == 1
+    line = next(x for x in out.out.splitlines() if "[image without label]" in x)
+    assert f"{images / '000001.jpg'} has no label map in {labels}" in line
+    assert "logs a warning that the folders 'has 8 and 7 files, respectively'" in line
+    assert "uses only the images that have both" in line
+    # What detectron2 really does: the warning the doctor quotes, and 7 records.
+    with mock.patch("detectron2.data.datasets.coco.logger") as logger:
+        records = load_sem_seg(str(labels), str(images), gt_ext="png", image_ext="jpg")
+    warnings = " ".join(str(c.args[0]) for c in logger.warn.call_args_list)
+    assert "has 8 and 7 files, respectively" in warnings
+    assert sorted(Path(r["file_name"]).name for r in records) == [
+        f"{i:06d}.jpg" for i in (0, 2, 3, 4, 5, 6, 7)
+    ]
 
 
 def test_panoptic_faults_are_each_named(tmp_path, doctor, capsys):
@@ -156,7 +183,7 @@ def test_panoptic_faults_are_each_named(tmp_path, doctor, capsys):
     assert f"{pan / '000000.png'}: JSON segments not in the PNG: ['999999 (circle)']" in report
     assert f"{pan / '000001.png'}: PNG ids the JSON does not list: [{dropped['id']}]" in report
     assert f"[panoptic area] {pan / '000002.png'}: JSON area differs" in report
-    assert f"panoptic PNG {pan / '000003.png'} does not exist" in report
+    assert f"panoptic PNG (pan_seg_file_name) {pan / '000003.png'} does not exist" in report
     assert f"image {root / 'images' / 'val' / '000004.jpg'} does not exist" in report
     assert f"[unused file] {root / 'images' / 'val' / 'extra.jpg'}" in report
     assert "FAILED: 4 errors, 2 warnings" in report
@@ -191,6 +218,13 @@ def test_config_file_checks_its_datasets_and_num_classes(tmp_path, doctor, capsy
     )
     assert status == 1
     assert "[config] MODEL.SEM_SEG_HEAD.NUM_CLASSES is 5 but dataset" in out.out
+
+
+def test_help_says_what_the_tool_does(tool):
+    text = tool("check_dataset").get_parser().format_help()
+    description = text.split("\n\n")[1]
+    assert description.startswith("Check registered datasets before training on them")
+    assert "class-frequency" in description and "--register" in description
 
 
 def test_unknown_dataset_is_a_usage_error(doctor, capsys):

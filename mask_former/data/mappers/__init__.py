@@ -3,10 +3,12 @@
 Train-time dataset mappers, registered in :data:`DATASET_MAPPER_REGISTRY` under the names
 used by ``INPUT.DATASET_MAPPER_NAME``; :func:`build_train_mapper` builds the configured one.
 :class:`MaskFormerTestDatasetMapper` maps evaluation inputs. Bad input raises the errors of
-:mod:`.errors`, whose messages name the file.
+:mod:`mask_former.data.errors` (an unreadable file:
+:class:`~mask_former.data.io.UnreadableImageError`, a DataError), whose messages name the file.
 """
 
 from ..errors import DataError, DataFileNotFoundError, ImageSizeMismatchError, MapperError
+from ..io import UnreadableImageError
 from .build import DATASET_MAPPER_REGISTRY, build_train_mapper, register_mapper
 from .detr_panoptic import DETRPanopticDatasetMapper
 from .evaluation import MaskFormerTestDatasetMapper
@@ -26,4 +28,5 @@ __all__ = [
     "DataFileNotFoundError",
     "ImageSizeMismatchError",
     "MapperError",
+    "UnreadableImageError",
 ]

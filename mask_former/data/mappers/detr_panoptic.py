@@ -17,8 +17,9 @@ from detectron2.data import transforms as T
 
 from ..checks import check_num_classes
 from ..errors import DataError, naming_the_record
+from ..io import rgb_to_ids
 from .build import register_mapper
-from .reading import check_segments, read_image, read_panoptic_rgb, rgb_to_ids
+from .reading import check_segments, read_image, read_panoptic_rgb
 from .targets import image_to_tensor, panoptic_instances
 
 __all__ = ["DETRPanopticDatasetMapper"]

@@ -13,6 +13,7 @@ import torch
 from detectron2.data import transforms as T
 
 from ..errors import DataError
+from ..io import rgb_to_ids
 from .build import register_mapper
 from .reading import (
     check_label_range,
@@ -20,7 +21,6 @@ from .reading import (
     read_image,
     read_label_map,
     read_panoptic_rgb,
-    rgb_to_ids,
 )
 from .semantic import IMAGE_PAD_VALUE, MaskFormerSemanticDatasetMapper
 from .targets import image_to_tensor, pad_to_divisibility, panoptic_instances
