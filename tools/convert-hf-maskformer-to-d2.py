@@ -34,13 +34,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 import yaml
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-if TOOLS not in sys.path:
-    sys.path.insert(0, TOOLS)  # the helper module beside this script
-
-import hf_maskformer_mapping as mapping  # noqa: E402
-
-from mask_former.utils import atomic_output_path, atomic_write  # noqa: E402
+from mask_former.interop import hf_mapping as mapping
+from mask_former.utils import atomic_output_path, atomic_write
 
 logger = logging.getLogger("convert_hf_maskformer")
 
@@ -208,17 +203,10 @@ def config_text(keys: Dict[str, Any], names: List[str], hf_dir: str, weights: st
 
 
 def load_written_config(path: str) -> Any:
-    """Load a config file the way train_net.py does."""
-    from detectron2.config import get_cfg
-    from detectron2.projects.deeplab import add_deeplab_config
+    """Load a config file the way train_net.py does (``mask_former.load_config``), unfrozen."""
+    from mask_former.config import load_config
 
-    from mask_former import add_mask_former_config
-
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_mask_former_config(cfg)
-    cfg.merge_from_file(path, allow_unsafe=False)
-    return cfg
+    return load_config(path, cpu_fallback=False, freeze=False)
 
 
 def model_shapes(cfg: Any) -> Dict[str, Tuple[int, ...]]:
