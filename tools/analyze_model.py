@@ -18,6 +18,7 @@ table of the first input and the mean and standard deviation of the totals over 
 Element-wise operations are not counted, as in Detectron2's analysis tools.
 """
 
+import argparse
 import logging
 import sys
 from collections import Counter
@@ -28,7 +29,6 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from fvcore.nn import (
@@ -39,9 +39,8 @@ from fvcore.nn import (
 )
 from torch import nn
 
-from mask_former import get_mask_former_cfg
 from mask_former.checkpoint import UntrustedCheckpointError
-from mask_former.utils import fall_back_to_cpu
+from mask_former.config import load_config
 
 logger = logging.getLogger("mask_former.analyze_model")
 
@@ -85,16 +84,14 @@ class TensorOutputs(nn.Module):
         return tuple(tensors)
 
 
-def setup(args) -> CfgNode:
-    """Build the frozen config of the model to analyze."""
-    cfg = get_mask_former_cfg()
-    cfg.merge_from_file(args.config_file, allow_unsafe=False)
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.merge_from_list(args.opts)
+def setup(args: argparse.Namespace) -> CfgNode:
+    """
+    The frozen config of the model to analyze: ``--config-file``, no loader workers, then the
+    command line's KEY VALUE overrides; CUDA falls back to the CPU where missing.
+    """
+    cfg = load_config(args.config_file, ["DATALOADER.NUM_WORKERS", "0", *args.opts])
     setup_logger(name="fvcore")
     setup_logger(name="mask_former")
-    fall_back_to_cpu(cfg)
-    cfg.freeze()
     return cfg
 
 
@@ -176,11 +173,14 @@ def analyze(cfg: CfgNode, tasks: Sequence[str], num_inputs: int, fixed_input_siz
     return "\n\n".join(reports)
 
 
-def main(argv: Optional[List[str]] = None) -> str:
-    parser = default_argument_parser(
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: the tasks, the inputs, the config file and its overrides."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.strip().split("\n\n")[0],
         epilog="Example: python tools/analyze_model.py --tasks flop parameter --num-inputs 1 "
-        "--use-fixed-input-size --config-file configs/shapes/maskformer_R18_bs8_1200.yaml"
+        "--use-fixed-input-size --config-file configs/shapes/maskformer_R18_bs8_1200.yaml",
     )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
     parser.add_argument("--tasks", choices=TASKS, required=True, nargs="+")
     parser.add_argument(
         "-n", "--num-inputs", default=100, type=int, help="number of inputs to average over"
@@ -190,11 +190,27 @@ def main(argv: Optional[List[str]] = None) -> str:
         action="store_true",
         help="use zero images of the training crop size instead of test images",
     )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="config overrides as KEY VALUE pairs at the end, e.g. MODEL.WEIGHTS model.pkl",
+    )
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse and check the command line (``--num-inputs`` at least 1)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.eval_only or args.num_gpus > 1:
-        parser.error("analyze_model runs in one process and has no --eval-only mode")
     if args.num_inputs < 1:
         parser.error(f"--num-inputs must be at least 1, got {args.num_inputs}")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> str:
+    """Run the analyses of the command line; print and return the report."""
+    args = parse_args(argv)
     cfg = setup(args)
     report = analyze(cfg, args.tasks, args.num_inputs, args.use_fixed_input_size)
     print(report)

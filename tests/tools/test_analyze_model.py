@@ -34,8 +34,10 @@ def test_flops_and_parameters_of_the_shapes_model(tool, capsys):
         ["--tasks", "parameter", "flop", "activation", "--num-inputs", "1",
          "--use-fixed-input-size", "--config-file", CONFIG] + opts
     )  # fmt: skip
-    args = analyze.default_argument_parser().parse_args(["--config-file", CONFIG] + opts)
+    args = analyze.parse_args(["--tasks", "flop", "--config-file", CONFIG] + opts)
+    assert args.opts == opts
     cfg = analyze.setup(args)
+    assert cfg.is_frozen() and cfg.DATALOADER.NUM_WORKERS == 0 and cfg.INPUT.CROP.SIZE == [64, 64]
     model = build_model(cfg).eval()
     num_params = sum(p.numel() for p in model.parameters())
     assert f"{num_params / 1e6:.3f}M" in report  # first row of the parameter table
@@ -65,3 +67,18 @@ def test_bad_arguments_are_rejected(tool):
         analyze.main(["--tasks", "flop", "--num-inputs", "0", "--config-file", CONFIG])
     with pytest.raises(SystemExit):
         analyze.main(["--tasks", "speed", "--config-file", CONFIG])
+    # Training flags of detectron2's default parser do not apply to this tool.
+    for flag in ("--eval-only", "--resume", "--num-gpus", "--dist-url"):
+        with pytest.raises(SystemExit):
+            analyze.parse_args(["--tasks", "flop", flag, "--config-file", CONFIG])
+
+
+def test_help_lists_only_the_flags_it_uses(tool, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tool("analyze_model").parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--config-file", "--tasks", "--num-inputs", "--use-fixed-input-size", "opts"):
+        assert flag in text
+    for flag in ("--eval-only", "--resume", "--num-gpus", "--num-machines", "--dist-url"):
+        assert flag not in text
