@@ -17,13 +17,15 @@ Usage: .venv/bin/python dev/bench_train_step.py [--config-file ...] [--repeats 1
 
 import argparse
 import logging
-import statistics
 import time
 from typing import Callable, Dict, List
 
 import torch
+from detectron2.config import CfgNode
 
-from mask_former.engine import Trainer, get_mask_former_cfg
+from mask_former.benchmark import summarize, time_calls
+from mask_former.config import load_config
+from mask_former.engine import Trainer
 
 MAIN_CONFIG = "configs/shapes/maskformer_panoptic_R18_main.yaml"
 logger = logging.getLogger("bench_train_step")
@@ -38,15 +40,13 @@ def _parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _cfg(args: argparse.Namespace, *opts):
-    cfg = get_mask_former_cfg()
-    cfg.merge_from_file(args.config_file, allow_unsafe=False)
-    cfg.merge_from_list(list(args.opts) + list(opts))
-    return cfg
+def _cfg(args: argparse.Namespace, *opts: object) -> CfgNode:
+    """The config file with the command line's overrides, then ``opts``."""
+    return load_config(args.config_file, [*args.opts, *opts])
 
 
 def _median_ms(samples: List[float]) -> float:
-    return 1000 * statistics.median(samples)
+    return summarize(samples)["median_ms"]
 
 
 def bench_steps(args: argparse.Namespace, batches: List) -> Dict[str, Dict[str, float]]:
@@ -104,17 +104,10 @@ def bench_matcher(args: argparse.Namespace, batch, repeats: int) -> Dict[str, fl
         "whole batch": lambda: matcher(outputs, targets),
         "one image at a time": one_by_one,
     }
-    return {name: _median_ms(_time(fn, repeats)) for name, fn in variants.items()}
-
-
-def _time(fn: Callable[[], object], repeats: int) -> List[float]:
-    samples = []
-    for i in range(repeats + 2):
-        start = time.perf_counter()
-        fn()
-        if i >= 2:
-            samples.append(time.perf_counter() - start)
-    return samples
+    return {
+        name: _median_ms(time_calls(fn, warmup=2, repeats=repeats, device="cpu"))
+        for name, fn in variants.items()
+    }
 
 
 def bench_loader(args: argparse.Namespace, repeats: int) -> Dict[str, float]:
