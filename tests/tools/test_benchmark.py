@@ -159,3 +159,18 @@ def test_worker_runs_against_an_older_checkout(tmp_path):
     # Both loaded all the shared seeded weights, so the same code gives the same pixels.
     assert baseline["weights"] == {"missing": 0, "unexpected": 0}
     assert entry["agreement"]["same_argmax"] == {"1": 1.0}
+
+
+def test_onnx_row_times_the_exported_graph_and_pytorch():
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from mask_former.benchmark import rows
+
+    entries = rows.bench_onnx(CONFIG, (64, 64), threads=1, repeats=1)
+    assert [e["runtime"] for e in entries] == ["PyTorch (export wrapper)", "onnxruntime"]
+    for entry in entries:
+        assert entry["size"] == [64, 64] and len(entry["ms"]) == 1 and entry["median_ms"] > 0
+    env = {**environment("cpu"), "threads": 1, "dtype": "float32"}
+    table = report.onnx_table(entries, env)
+    _assert_header(table, 1)
+    assert "onnxruntime" in table
