@@ -223,7 +223,12 @@ def test_missing_file_names_the_file(tmp_path, kind, field):
     write_unreadable(tmp_path / "in")
     record = labelled_record(str(tmp_path / "in" / "good.png"), (H, W))
     record[field] = str(tmp_path / "in" / "gone.png")
-    with pytest.raises(DataFileNotFoundError, match=r"'.*gone\.png' does not exist"):
+    noun = {
+        "file_name": "Image file",
+        "sem_seg_file_name": r"Label map \(sem_seg_file_name\)",
+        "pan_seg_file_name": r"Panoptic PNG \(pan_seg_file_name\)",
+    }[field]
+    with pytest.raises(DataFileNotFoundError, match=rf"^{noun} '.*gone\.png' does not exist"):
         plain_mapper(kind)(for_kind(record, kind))
 
 

@@ -47,8 +47,9 @@ FILE_ROLES = {
 
 def _require_file(path: str, what: str, dataset_dict: Dict[str, Any]) -> None:
     if not PathManager.isfile(path):
+        noun = "Image file" if what == "image" else what[:1].upper() + what[1:]
         raise DataFileNotFoundError(
-            f"{what[:1].upper()}{what[1:]} {path!r} does not exist (dataset record of image "
+            f"{noun} {path!r} does not exist (dataset record of image "
             f"{dataset_dict.get('file_name')!r})."
         )
 
