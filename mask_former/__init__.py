@@ -7,6 +7,9 @@ pixel decoders, backbone, dataset mappers and datasets into detectron2's registr
 from . import d2_compat
 
 d2_compat.install()  # before anything imports detectron2
+from .safe_loading import install_safe_loading  # noqa: E402
+
+install_safe_loading()  # DetectionCheckpointer reads files without running code from them
 
 from . import data, modeling  # noqa: F401,E402
 from .config import add_mask_former_config, get_mask_former_cfg, load_config  # noqa: E402

@@ -21,10 +21,9 @@ imported first, ``mask_former`` or ``detectron2``: ``mask_former/__init__.py`` i
 in every interpreter of that environment. This module imports nothing outside the standard library
 at import time, so the start-up hook costs nothing for programs that never import detectron2.
 
-One more adaptation of detectron2 is made at import, for safety rather than compatibility, and
-lives in its own module: ``mask_former.safe_loading`` (imported by ``import mask_former``,
-through ``mask_former.checkpoint``) makes ``DetectionCheckpointer`` read files without running
-code from them.
+One more adaptation of detectron2 is made by ``import mask_former``, for safety rather than
+compatibility, and lives in its own module: ``mask_former.safe_loading.install_safe_loading``
+makes ``DetectionCheckpointer`` read files without running code from them.
 """
 
 import importlib.abc
@@ -35,7 +34,7 @@ import sys
 import types
 from typing import List, Optional, Sequence
 
-__all__ = ["install", "uninstall", "MissingCompiledOpError", "patched", "NUMPY_ALIASES"]
+__all__ = ["install", "MissingCompiledOpError", "patched", "NUMPY_ALIASES"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +149,3 @@ def install() -> None:
             locations = list(getattr(sys.modules["detectron2"], "__path__", []))
             if finder._find_elsewhere("detectron2._C", locations) is None:
                 _restore_removed_names()
-
-
-def uninstall() -> None:
-    """Remove the import hook (already-imported modules and restored names stay as they are)."""
-    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "_mask_former_d2_compat", False)]

@@ -2,17 +2,18 @@
 """
 Checkpoint safety: reading checkpoint files without running code from them.
 
-Detectron2 loads ``.pkl`` files with :mod:`pickle`, which runs any code a file contains. Importing
-this module (``import mask_former`` does, through :mod:`mask_former.checkpoint`) replaces
-``DetectionCheckpointer._load_file`` by :func:`load_checkpoint_file`: ``.pkl`` files go through a
-restricted unpickler that builds only containers, numbers, strings, numpy arrays and tensors,
-``.pth``/``.pyth`` files through ``torch.load(weights_only=True)``; anything else is refused with
-:class:`UntrustedCheckpointError`, which names the file and the refused global. Setting the
-environment variable ``MASK_FORMER_TRUST_CHECKPOINTS=1`` allows full unpickling, for files the
-user trusts. The class is patched, rather than every project path routed through a checkpointer
-of its own, because detectron2's ``DefaultPredictor`` (the demo, its worker processes, users'
-scripts) builds a ``DetectionCheckpointer`` internally: patching it is the one place every path
-that loads ``MODEL.WEIGHTS`` passes.
+Detectron2 loads ``.pkl`` files with :mod:`pickle`, which runs any code a file contains.
+:func:`install_safe_loading`, which ``import mask_former`` calls (importing this module changes
+nothing), replaces ``DetectionCheckpointer._load_file`` by :func:`load_checkpoint_file`: ``.pkl``
+files go through a restricted unpickler that builds only containers, numbers, strings, numpy
+arrays and tensors, ``.pth``/``.pyth`` files through ``torch.load(weights_only=True)``; anything
+else is refused with :class:`UntrustedCheckpointError`, which names the file and the refused
+global. Setting the environment variable ``MASK_FORMER_TRUST_CHECKPOINTS=1`` allows full
+unpickling, for files the user trusts. The class is patched, rather than every project path
+routed through a checkpointer of its own, because detectron2's ``DefaultPredictor`` (the demo,
+its worker processes, users' scripts) builds a ``DetectionCheckpointer`` internally: patching it
+is the one place every path that loads ``MODEL.WEIGHTS`` passes. (The project's own
+:class:`mask_former.checkpoint.TrainingCheckpointer` reads files safely, patched or not.)
 
 The names of this module are also importable from :mod:`mask_former.checkpoint`.
 """
@@ -173,9 +174,9 @@ _safe_load_file._mask_former_safe = True
 
 
 def install_safe_loading() -> None:
-    """Make every ``DetectionCheckpointer`` read files with :func:`load_checkpoint_file`."""
+    """
+    Make every ``DetectionCheckpointer`` read files with :func:`load_checkpoint_file`
+    (idempotent). ``import mask_former`` calls it.
+    """
     if not getattr(DetectionCheckpointer._load_file, "_mask_former_safe", False):
         DetectionCheckpointer._load_file = _safe_load_file
-
-
-install_safe_loading()  # see the module docstring

@@ -28,8 +28,8 @@ from detectron2.modeling import build_model
 
 import mask_former
 import train_net
-from mask_former import get_mask_former_cfg
 from mask_former.checkpoint import TRUST_ENV, TrainingCheckpointer, UntrustedCheckpointError
+from mask_former.config import load_config
 from tests.paths import REPO_ROOT
 
 CONFIG = "configs/shapes/maskformer_panoptic_R18_bs8_1200.yaml"
@@ -58,10 +58,7 @@ def _crafted_pkl(tmp_path: Path) -> Tuple[Path, Path]:
 
 
 def _shapes_cfg(*opts: str):
-    cfg = get_mask_former_cfg()
-    cfg.merge_from_file(str(REPO_ROOT / CONFIG))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
-    return cfg
+    return load_config(REPO_ROOT / CONFIG, opts, device="cpu", freeze=False)
 
 
 def test_demo_refuses_a_crafted_pkl_in_one_line(tmp_path):
@@ -126,6 +123,56 @@ def test_train_net_eval_only_exits_with_one_line(tmp_path, monkeypatch):
     assert isinstance(e.value.code, str) and "\n" not in e.value.code  # printed, status 1
     assert e.value.code.startswith(f"Refused to load {crafted}: ") and OPEN_GLOBAL in e.value.code
     assert not marker.exists()
+
+
+def _fresh_interpreter(code: str, *args: str) -> str:
+    """Run ``code`` in a new interpreter of this venv (no trust flag); returns its stdout."""
+    env = {k: v for k, v in os.environ.items() if k != TRUST_ENV}
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_import_mask_former_installs_safe_loading(tmp_path):
+    """``import mask_former``, and nothing else of the project, makes DetectionCheckpointer safe."""
+    crafted, marker = _crafted_pkl(tmp_path)
+    code = (
+        "import pickle, sys, torch\n"
+        "import mask_former\n"
+        "from detectron2.checkpoint import DetectionCheckpointer\n"
+        "try:\n"
+        "    DetectionCheckpointer(torch.nn.Linear(1, 1)).load(sys.argv[1])\n"
+        "    print('LOADED')\n"
+        "except pickle.UnpicklingError as e:\n"
+        "    print(type(e).__name__, e.refused)\n"
+    )
+    assert (
+        _fresh_interpreter(code, str(crafted)).strip() == f"UntrustedCheckpointError {OPEN_GLOBAL}"
+    )
+    assert not marker.exists()
+
+
+def test_importing_the_safe_loading_module_patches_nothing():
+    # The module file alone (the package is not imported, so its install call does not run).
+    code = (
+        "import importlib.util, sys\n"
+        "from detectron2.checkpoint import DetectionCheckpointer\n"
+        "before = DetectionCheckpointer._load_file\n"
+        "spec = importlib.util.spec_from_file_location('alone', 'mask_former/safe_loading.py')\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "print('mask_former' in sys.modules, DetectionCheckpointer._load_file is before)\n"
+        "module.install_safe_loading()\n"
+        "print(DetectionCheckpointer._load_file is before)\n"
+    )
+    assert _fresh_interpreter(code).split() == ["False", "True", "False"]
 
 
 def test_crafted_pth_is_refused_naming_its_global(tmp_path):

@@ -34,7 +34,7 @@ from detectron2.utils.events import (
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
-from ..checkpoint import TrainingCheckpointer
+from ..checkpoint.resume import ResumeState, TrainingCheckpointer, follow_scheduler
 from ..data.samplers import ResumableTrainingSampler, aspect_ratio_groups
 from ..utils import cpu as cpu_utils
 from .evaluation import build_evaluator
@@ -209,8 +209,9 @@ class Trainer(DefaultTrainer):
     scheduler comes from DeepLab (WarmupPolyLR), evaluators follow the dataset's
     ``evaluator_type``, and test-time augmentation is semantic multi-scale + flip. Training also
     runs on the CPU, in one or several (gloo) processes. Checkpoints hold the optimizer state too,
-    and ``resume_or_load`` also resumes output directories of the original MaskFormer (see
-    :class:`mask_former.checkpoint.TrainingCheckpointer`).
+    and ``resume_or_load`` also resumes output directories of the original MaskFormer: the
+    checkpointer returns the saved training state fitted to this run as a plain
+    :class:`mask_former.checkpoint.ResumeState`, which ``resume_or_load`` applies.
 
     Interruption: checkpoints also hold the random states (Python, NumPy, torch, CUDA) and the
     seed of the data order. ``resume_or_load(resume=True)`` continues the sampler's stream after
@@ -249,9 +250,13 @@ class Trainer(DefaultTrainer):
         self._trainer = trainer_cls(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        # The trainer is the checkpointable "trainer" for saving (state_dict) only: resuming goes
+        # through TrainingCheckpointer.resume and _apply_resume_state.
         self.checkpointer = TrainingCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
+        # Resumed recent values of each scalar, for the EventStorage that train() opens.
+        self._history_to_restore: Dict[str, List[List[float]]] = {}
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
@@ -280,37 +285,43 @@ class Trainer(DefaultTrainer):
             state["data"] = {"sampler_seed": sampler.seed}
         return state
 
-    def load_state_dict(self, state: Dict) -> None:
-        """
-        Load :meth:`state_dict`; the parts it lacks (older checkpoints) are left as they are. The
-        random states and the sampler seed are applied by :meth:`resume_or_load`.
-        """
-        super().load_state_dict(state)
-        inner = state.get("_trainer", {})
-        if "optimizer" in inner:
-            self.optimizer.load_state_dict(inner["optimizer"])
-        scaler = getattr(self._trainer, "grad_scaler", None)
-        if scaler is not None and "grad_scaler" in inner:
-            scaler.load_state_dict(inner["grad_scaler"])
-        self._resumed = {key: state[key] for key in ("rng", "data", "storage") if key in state}
-
     def resume_or_load(self, resume: bool = True) -> None:
         """
-        DefaultTrainer's (MODEL.WEIGHTS, or with ``resume`` OUTPUT_DIR's last checkpoint), and
-        on resume: the data order and random states continue from the checkpoint, and
-        ``metrics.json`` loses the lines of the iterations that run again.
+        With ``resume`` and a complete checkpoint in OUTPUT_DIR: its weights and training state
+        (see :meth:`mask_former.checkpoint.TrainingCheckpointer.resume`), applied by
+        :meth:`_apply_resume_state`; otherwise the weights of MODEL.WEIGHTS, from iteration 0.
+        With ``resume``, ``metrics.json`` loses the lines of the iterations that run again.
         """
-        self._resumed: Dict = {}
-        super().resume_or_load(resume=resume)
-        if not resume:
-            return
-        if self.start_iter > 0:
-            self._continue_data_and_randomness(self._resumed)
-        for writer in getattr(self, "_metrics_writers", []):
-            if isinstance(writer, MetricsJSONWriter):
-                writer.resume(self.start_iter)
+        state = self.checkpointer.resume(self.optimizer, self.scheduler) if resume else None
+        self._history_to_restore = {}
+        if state is None:
+            self.checkpointer.load(self.cfg.MODEL.WEIGHTS, checkpointables=[])
+        else:
+            self._apply_resume_state(state)
+        if resume:
+            for writer in getattr(self, "_metrics_writers", []):
+                if isinstance(writer, MetricsJSONWriter):
+                    writer.resume(self.start_iter)
 
-    def _continue_data_and_randomness(self, saved: Dict) -> None:
+    def _apply_resume_state(self, state: ResumeState) -> None:
+        """
+        Continue after ``state.iteration``: hook (LR scheduler), optimizer and grad-scaler states,
+        learning rates, the data order and the random states; the recent values of each scalar
+        go into the EventStorage, which exists only once training starts (:meth:`before_train`).
+        """
+        TrainerBase.load_state_dict(self, {"iteration": state.iteration, "hooks": state.hooks})
+        if state.optimizer is not None:
+            self.optimizer.load_state_dict(state.optimizer)
+        scaler = getattr(self._trainer, "grad_scaler", None)
+        if scaler is not None and state.grad_scaler is not None:
+            scaler.load_state_dict(state.grad_scaler)
+        if state.lr_from_scheduler:
+            follow_scheduler(self.optimizer, self.scheduler)
+        self.start_iter = self.iter + 1
+        self._continue_data_and_randomness(state)
+        self._history_to_restore = state.history
+
+    def _continue_data_and_randomness(self, state: ResumeState) -> None:
         sampler = _find_resumable_sampler(self._trainer.data_loader)
         if sampler is None:
             logger.warning("The train loader's sampler cannot resume: it starts its stream again")
@@ -321,21 +332,22 @@ class Trainer(DefaultTrainer):
                     "so the resumed stream skips iterations x batch size records: near, but not "
                     "exactly, where grouped batching was"
                 )
-            sampler.resume(self.start_iter, saved.get("data", {}).get("sampler_seed"))
+            sampler.resume(self.start_iter, state.sampler_seed)
             # A new iterator (and workers) reads the sampler's new position; it draws no random
             # number from the states restored below.
             _seed_loaders_apart(self._trainer.data_loader, sampler.seed + self.start_iter)
             self._trainer._data_loader_iter = iter(self._trainer.data_loader)
-        if "rng" not in saved:
+        if state.rng is None:
             logger.warning("The checkpoint holds no random states: they are not restored")
         elif comm.get_world_size() > 1:
             logger.info("Random states are restored in a single-process run only")
         else:
-            _set_rng_state(saved["rng"])
+            _set_rng_state(state.rng)
 
     def before_train(self) -> None:
-        """Put the saved recent values of each scalar back into the new EventStorage."""
-        for name, values in getattr(self, "_resumed", {}).get("storage", {}).items():
+        """Put the resumed recent values of each scalar into the new EventStorage (once)."""
+        history, self._history_to_restore = self._history_to_restore, {}
+        for name, values in history.items():
             for value, itr in values:
                 self.storage.histories()[name].update(value, itr)
         super().before_train()

@@ -22,7 +22,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from ..checkpoint import PIXEL_DECODER_LAYOUT_VERSION, register_pixel_decoder_upgrade
+from .checkpoint_layout import PIXEL_DECODER_LAYOUT_VERSION, register_pixel_decoder_upgrade
 from .pixel_decoder import build_pixel_decoder
 from .transformer import TransformerPredictor
 

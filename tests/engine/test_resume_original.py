@@ -15,6 +15,7 @@ from detectron2.data.datasets import load_sem_seg
 from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR
 from e2e_helpers import tiny_cfg
 
+from mask_former.checkpoint import ResumeState, TrainingCheckpointer
 from mask_former.data.datasets import register_dataset
 from mask_former.data.datasets.shapes import shapes_metadata
 from mask_former.data.shapes_generator import SHAPES_SPLITS, generate_split, shapes_dir
@@ -220,3 +221,53 @@ def test_own_checkpoint_resumes_the_optimizer_state(datasets_root, tmp_path):
         if param in saved:
             state = second.optimizer.state[params[name]]
             torch.testing.assert_close(state["exp_avg"], saved[param]["exp_avg"], msg=name)
+
+
+class _NeverLoaded:
+    """A checkpointable "trainer" that the checkpointer saves but must never load into."""
+
+    def state_dict(self):
+        return {"iteration": 7}
+
+    def load_state_dict(self, state):
+        raise AssertionError("the checkpointer called back into the trainer")
+
+
+def test_checkpointer_returns_a_fitted_resume_state_without_loading_the_trainer(tmp_path):
+    torch.manual_seed(0)
+    saved_model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    original = torch.optim.AdamW([{"params": [p]} for p in saved_model.parameters()], lr=0.1)
+    saved_model(torch.ones(1, 3)).sum().backward()
+    original.step()
+    scheduler_state = {"base_lrs": [0.1] * 4, "last_epoch": 5, "_last_lr": [0.05] * 4}
+    legacy = {"model": saved_model.state_dict(), "iteration": 4}  # detectron2 <= 0.5 layout
+    legacy.update(optimizer=original.state_dict(), scheduler=scheduler_state)
+    torch.save(legacy, tmp_path / "model_0000004.pth")
+    (tmp_path / "last_checkpoint").write_text("model_0000004.pth")
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)  # one merged group
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10)
+    checkpointer = TrainingCheckpointer(model, str(tmp_path), trainer=_NeverLoaded())
+    state = checkpointer.resume(optimizer, scheduler)
+
+    assert isinstance(state, ResumeState) and state.iteration == 4
+    assert state.path == str(tmp_path / "model_0000004.pth")
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, saved_model.state_dict()[name], msg=name)
+    scheduler_saved = state.hooks["LRScheduler"]  # one base LR per group of this optimizer
+    assert scheduler_saved["base_lrs"] == [0.1] and "_last_lr" not in scheduler_saved
+    assert state.lr_from_scheduler and len(state.optimizer["param_groups"]) == 1
+    saved_params = list(saved_model.parameters())
+    for index, param in enumerate(saved_params):  # this optimizer's indices: the model's order
+        saved_avg = original.state[param]["exp_avg"]
+        torch.testing.assert_close(state.optimizer["state"][index]["exp_avg"], saved_avg)
+    assert state.rng is None and state.sampler_seed is None and state.history == {}
+    assert not optimizer.state  # nothing applied: applying is the trainer's job
+    # Saving still writes the trainer's state; an empty directory resumes nothing.
+    checkpointer.save("model_0000007")
+    assert torch.load(tmp_path / "model_0000007.pth", weights_only=True)["trainer"] == {
+        "iteration": 7
+    }
+    empty = TrainingCheckpointer(model, str(tmp_path / "empty"), trainer=_NeverLoaded())
+    assert empty.resume(optimizer, scheduler) is None

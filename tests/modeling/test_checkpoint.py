@@ -90,10 +90,10 @@ def _old_head_layout(state, version=None):
 def checkpoint_log(caplog, monkeypatch):
     # The "mask_former" logger may not propagate (detectron2's setup_logger): the records go to
     # caplog's handler directly, and only there (not a second time through the root logger).
-    logger = logging.getLogger("mask_former.checkpoint")
+    logger = logging.getLogger("mask_former.modeling.checkpoint_layout")
     monkeypatch.setattr(logger, "propagate", False)
     logger.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING, logger="mask_former.checkpoint")
+    caplog.set_level(logging.WARNING, logger="mask_former.modeling.checkpoint_layout")
     yield caplog
     logger.removeHandler(caplog.handler)
 
