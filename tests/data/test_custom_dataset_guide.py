@@ -16,6 +16,7 @@ from typing import List, Tuple
 
 import pytest
 
+from mask_former import load_config
 from tests.paths import REPO_ROOT
 
 GUIDE = REPO_ROOT / "datasets" / "README.md"
@@ -25,6 +26,11 @@ TINY = (
     "SOLVER.MAX_ITER 2 SOLVER.IMS_PER_BATCH 2 SOLVER.CHECKPOINT_PERIOD 1000 "
     "DATALOADER.NUM_WORKERS 0 MODEL.MASK_FORMER.DEC_LAYERS 1 "
     "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES 8 INPUT.CROP.SIZE (64,64) SEED 1"
+)
+# The configs of the guide's training commands.
+CONFIGS_USED = (
+    "configs/shapes/maskformer_R18_bs8_1200.yaml",
+    "configs/shapes/maskformer_panoptic_R18_bs8_1200.yaml",
 )
 # What the repository root holds that the guide's commands use (linked into the work folder).
 REPO_PATHS = ("train_net.py", "tools", "configs", ".venv")
@@ -70,6 +76,29 @@ def test_the_guide_has_its_files_and_commands():
         "tools/check_dataset.py",
         *["train_my.py"] * 4,
     ]
+
+
+def test_every_model_command_sets_num_classes():
+    blocks = guide_blocks(GUIDE.read_text())
+    commands = [c for lang, code in blocks if lang == "bash" for c in shell_commands(code)]
+    model_commands = [c for c in commands if "train_my.py" in c]
+    assert sum("--eval-only" in c for c in model_commands) == 2
+    for command in model_commands:
+        assert "MODEL.SEM_SEG_HEAD.NUM_CLASSES 6" in command, command
+    configs = {re.search(r"--config-file (\S+)", c).group(1) for c in model_commands}
+    assert configs == set(CONFIGS_USED)
+
+
+def test_the_guide_states_the_training_length_of_its_configs():
+    section = GUIDE.read_text().split(HEADING, 1)[1].split("\n## ", 1)[0]
+    text = " ".join(section.split())
+    match = re.search(r"runs the config's (\d+) iterations of (\d+) images", text)
+    assert match, "the guide says how many iterations its training commands run"
+    for config in CONFIGS_USED:
+        cfg = load_config(REPO_ROOT / config, cpu_fallback=False)
+        assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH) == tuple(map(int, match.groups()))
+    assert "append `SOLVER.MAX_ITER 200` to a training command" in text
+    assert re.search(r"plan on \d+ to \d+ minutes per model", text)
 
 
 @pytest.mark.skipif(not (REPO_ROOT / ".venv" / "bin" / "python").exists(), reason="needs .venv")
