@@ -214,3 +214,24 @@ def test_model_zoo_pickles_load_without_trust(tmp_path, monkeypatch, protocol):
         model.fc.weight.data.zero_()
         DetectionCheckpointer(model).load(str(tmp_path / name))
         np.testing.assert_array_equal(model.fc.weight.detach().numpy(), weights["fc.weight"])
+
+
+def test_names_stay_importable_from_their_old_modules():
+    """Every name of the former mask_former/checkpoint.py and safe_loading.py, from its home."""
+    from mask_former import checkpoint, safe_loading
+    from mask_former.checkpoint import files, resume
+    from mask_former.modeling import checkpoint_layout
+
+    homes = {
+        safe_loading: safe_loading.__all__,
+        checkpoint_layout: checkpoint_layout.__all__,
+        files: ["is_partial_checkpoint"],
+        resume: ["TrainingCheckpointer", "nest_legacy_training_state", "saved_parameter_order"]
+        + ["regroup_optimizer_state", "fit_scheduler_state", "follow_scheduler"],
+    }
+    moved = {name: getattr(home, name) for home, names in homes.items() for name in names}
+    assert len(moved) == 17 and set(moved) <= set(checkpoint.__all__)
+    for name, value in moved.items():
+        assert getattr(checkpoint, name) is value, name
+    assert len(safe_loading.__all__) == 6
+    assert "install_safe_loading" in safe_loading.__all__

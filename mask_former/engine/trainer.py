@@ -34,7 +34,12 @@ from detectron2.utils.events import (
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
-from ..checkpoint.resume import ResumeState, TrainingCheckpointer, follow_scheduler
+from ..checkpoint.resume import (
+    ResumeState,
+    TrainingCheckpointer,
+    fit_training_state,
+    follow_scheduler,
+)
 from ..data.samplers import ResumableTrainingSampler, aspect_ratio_groups
 from ..utils import cpu as cpu_utils
 from .evaluation import build_evaluator
@@ -284,6 +289,19 @@ class Trainer(DefaultTrainer):
         if sampler is not None:
             state["data"] = {"sampler_seed": sampler.seed}
         return state
+
+    def load_state_dict(self, state: Dict) -> None:
+        """
+        Continue from ``state`` (as :meth:`state_dict` returns it) as :meth:`resume_or_load` does
+        from a checkpoint's training state: fitted to this optimizer and scheduler
+        (:func:`mask_former.checkpoint.fit_training_state`), then applied by
+        :meth:`_apply_resume_state`. The weights are not part of it.
+        """
+        model = self.checkpointer.model  # without the DDP wrapper, as a checkpoint's keys
+        fitted = fit_training_state(
+            state, "the trainer state", model, self.optimizer, self.scheduler
+        )
+        self._apply_resume_state(fitted)
 
     def resume_or_load(self, resume: bool = True) -> None:
         """

@@ -53,7 +53,7 @@ class _PixelDecoderAndPredictor(nn.Module):
     """
     Shared part of the heads: run the pixel decoder, then the transformer predictor on either
     the encoder output of the pixel decoder or a backbone feature. State dicts in the old
-    (model-zoo) key layout are upgraded on load (see :mod:`mask_former.checkpoint`).
+    (model-zoo) key layout are upgraded on load (see :mod:`mask_former.modeling.checkpoint_layout`).
     """
 
     # Saved in state-dict metadata; an earlier or missing version means the old key layout.
@@ -150,7 +150,8 @@ class PerPixelBaselineHead(nn.Module):
     """
     Per-pixel classification baseline: pixel decoder followed by a 1x1 conv (``predictor``)
     to K class logits, trained with per-pixel cross-entropy (``loss_sem_seg``). State dicts in
-    the old (model-zoo) key layout are upgraded on load (see :mod:`mask_former.checkpoint`).
+    the old (model-zoo) key layout are upgraded on load
+    (see :mod:`mask_former.modeling.checkpoint_layout`).
     """
 
     # Saved in state-dict metadata; an earlier or missing version means the old key layout.

@@ -13,7 +13,10 @@ from detectron2.modeling import build_model
 from model_testing import tiny_resnet_cfg, tiny_swin_cfg
 from torch import nn
 
-from mask_former.checkpoint import PIXEL_DECODER_LAYOUT_VERSION, upgrade_pixel_decoder_keys
+from mask_former.modeling.checkpoint_layout import (
+    PIXEL_DECODER_LAYOUT_VERSION,
+    upgrade_pixel_decoder_keys,
+)
 
 PD = "sem_seg_head.pixel_decoder."
 
