@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -34,19 +34,14 @@ from detectron2.utils.visualizer import VisImage
 from PIL import Image
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mask_former import get_mask_former_cfg
 from mask_former.checkpoint import UntrustedCheckpointError
-from mask_former.predictor import UnreadableImageError as ImageFileError
-from mask_former.predictor import read_image_file
-from mask_former.utils import atomic_output_path, fall_back_to_cpu
-
-try:  # run as "python demo/demo.py": this folder is on sys.path
-    from predictor import VisualizationDemo
-except ImportError:  # imported as demo.demo
-    from demo.predictor import VisualizationDemo
+from mask_former.config import load_config
+from mask_former.data.io import IMAGE_EXTENSIONS, UnreadableImageError, list_images, read_image
+from mask_former.inference import Prediction
+from mask_former.inference.drawing import PredictionVisualizer
+from mask_former.utils import atomic_output_path
 
 WINDOW_NAME = "MaskFormer"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 logger = logging.getLogger("mask_former.demo")
 
@@ -55,23 +50,9 @@ class DemoError(ValueError):
     """A problem with an input or output of the demo, reported to the user in one line."""
 
 
-class UnreadableImageError(DemoError):
-    """An input file that is not a readable image; ``reason`` says why in a few words."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"Cannot read image {path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    """Build the frozen config: file, then --opts (--confidence-threshold changes nothing)."""
-    cfg = get_mask_former_cfg()
-    cfg.merge_from_file(args.config_file, allow_unsafe=False)
-    cfg.merge_from_list(args.opts)
-    fall_back_to_cpu(cfg)
-    cfg.freeze()
-    return cfg
+    """The frozen config: --config-file, then --opts (--confidence-threshold changes nothing)."""
+    return load_config(args.config_file, args.opts)
 
 
 def _num_workers(text: str) -> int:
@@ -165,11 +146,7 @@ def expand_inputs(patterns: List[str]) -> List[str]:
     for pattern in patterns:
         pattern = os.path.expanduser(pattern)
         if os.path.isdir(pattern):
-            found = [
-                os.path.join(pattern, name)
-                for name in os.listdir(pattern)
-                if name.lower().endswith(IMAGE_EXTENSIONS)
-            ]
+            found = list_images(pattern)
         elif os.path.isfile(pattern):
             found = [pattern]
         else:
@@ -181,21 +158,6 @@ def expand_inputs(patterns: List[str]) -> List[str]:
                 seen.add(os.path.realpath(path))
                 paths.append(path)
     return paths
-
-
-def load_image(path: str) -> np.ndarray:
-    """
-    Read an image as a BGR uint8 (H, W, 3) array, turned upright per its EXIF orientation
-    (16-bit grey scaled to 8 bits), with the reader the Python API uses.
-
-    Raises:
-        UnreadableImageError: naming the file and the reason (empty, not an image, truncated).
-    """
-    try:
-        rgb = read_image_file(path)
-    except ImageFileError as e:
-        raise UnreadableImageError(path, e.reason) from None
-    return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
 def drawing_names(paths: List[str]) -> List[str]:
@@ -253,22 +215,24 @@ def save_drawing(drawing: VisImage, path: str) -> None:
 
 
 def _readable_images(paths: List[str], skipped: List[str]) -> Iterator[Tuple[int, np.ndarray]]:
-    """``(index, image)`` for each readable input; the others are logged and listed."""
+    """``(index, RGB image)`` for each readable input; the others are logged and listed."""
     for index, path in enumerate(paths):
         try:
-            yield index, load_image(path)
+            yield index, read_image(path, "RGB")
         except UnreadableImageError as e:
             logger.warning("skipped %s: %s", path, e.reason)
             skipped.append(path)
 
 
-def _describe(predictions: Dict) -> str:
-    if "instances" in predictions:
-        return f"detected {len(predictions['instances'])} instances"
+def _describe(prediction: Prediction) -> str:
+    if prediction.instances is not None:
+        return f"detected {len(prediction.instances)} instances"
     return "finished"
 
 
-def run_on_images(demo: VisualizationDemo, paths: List[str], targets: Optional[List[str]]) -> int:
+def run_on_images(
+    demo: PredictionVisualizer, paths: List[str], targets: Optional[List[str]]
+) -> int:
     """
     Draw each image into its target (or show it when ``targets`` is None).
 
@@ -279,9 +243,9 @@ def run_on_images(demo: VisualizationDemo, paths: List[str], targets: Optional[L
     progress = tqdm.tqdm(total=len(paths), disable=targets is None or len(paths) < 2 or None)
     start = time.time()
     with progress, logging_redirect_tqdm(loggers=[logger]):
-        for index, predictions, drawing in demo.run_on_images(_readable_images(paths, failed)):
+        for index, prediction, drawing in demo.run_on_images(_readable_images(paths, failed)):
             seconds = time.time() - start
-            logger.info("%s: %s in %.2fs", paths[index], _describe(predictions), seconds)
+            logger.info("%s: %s in %.2fs", paths[index], _describe(prediction), seconds)
             progress.update(1 + index - progress.n)
             if targets is None:
                 if not _show(drawing.get_image()[:, :, ::-1], 0):
@@ -324,7 +288,7 @@ def _show(frame: np.ndarray, wait_ms: int) -> bool:
     return cv2.waitKey(wait_ms) != 27
 
 
-def run_on_video(demo: VisualizationDemo, path: str, output: Optional[str]) -> None:
+def run_on_video(demo: PredictionVisualizer, path: str, output: Optional[str]) -> None:
     video = cv2.VideoCapture(path)
     if not video.isOpened():
         raise DemoError(f"Cannot read video {path}")
@@ -356,7 +320,7 @@ def run_on_video(demo: VisualizationDemo, path: str, output: Optional[str]) -> N
             cv2.destroyAllWindows()
 
 
-def run_on_webcam(demo: VisualizationDemo) -> None:
+def run_on_webcam(demo: PredictionVisualizer) -> None:
     camera = cv2.VideoCapture(0)
     if not camera.isOpened():
         raise DemoError("Cannot open the webcam (device 0)")
@@ -369,7 +333,7 @@ def run_on_webcam(demo: VisualizationDemo) -> None:
         cv2.destroyAllWindows()
 
 
-def _run(demo: VisualizationDemo, args: argparse.Namespace, paths: List[str]) -> int:
+def _run(demo: PredictionVisualizer, args: argparse.Namespace, paths: List[str]) -> int:
     """Run the demo on its source; returns the exit status."""
     if args.video_input:
         run_on_video(demo, args.video_input, args.output)
@@ -407,7 +371,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     threshold = args.confidence_threshold if args.confidence_threshold is not None else 0.0
     parallel = True if args.parallel == 0 else (args.parallel or False)
     try:
-        with VisualizationDemo(cfg, parallel=parallel, instance_threshold=threshold) as demo:
+        with PredictionVisualizer(cfg, parallel=parallel, instance_threshold=threshold) as demo:
             return _run(demo, args, paths)
     except (DemoError, UntrustedCheckpointError) as e:  # a refused MODEL.WEIGHTS: one line
         logger.error("%s", e)

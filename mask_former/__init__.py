@@ -22,7 +22,7 @@ from .data import (  # noqa: E402
 )
 from .engine import SemanticSegmentorWithTTA  # noqa: E402
 from .modeling import MaskFormer  # noqa: E402
-from .predictor import Predictor  # noqa: E402
+from .inference import Predictor  # noqa: E402
 
 __all__ = [
     "add_mask_former_config",

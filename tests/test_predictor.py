@@ -1,12 +1,12 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """
-mask_former.Predictor gives what the demo's predictor (detectron2's DefaultPredictor, as
-demo/predictor.py's VisualizationDemo builds it) gives on the same images: for paths, NumPy
-arrays and PIL images of different sizes, several per model call; predict_dir streams a folder
-and reports an unreadable file instead of stopping.
+mask_former.Predictor (mask_former.inference) against references built here: detectron2's own
+DefaultPredictor on pixel arrays the test knows (its preprocessing is the one to keep), files
+whose upright 8-bit pixels the test computes itself (an EXIF-rotated PNG, a 16-bit PNG), the
+errors="raise"/"skip" choice of predict and predict_dir, and worker processes giving the
+in-process results.
 """
 
-import logging
 import os
 import re
 import subprocess
@@ -17,12 +17,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from detectron2.engine import DefaultPredictor
 from PIL import Image
 
 from mask_former import Predictor, get_mask_former_cfg
+from mask_former.data.io import UnreadableImageError
 from mask_former.data.shapes_generator import generate_split
+from mask_former.inference import ParallelPredictor, WorkerError, image_to_rgb
 from tests.paths import REPO_ROOT
-from tests.tools.tools_testing import load_script
 
 PANOPTIC_CONFIG = REPO_ROOT / "configs/shapes/maskformer_panoptic_R18_bs8_1200.yaml"
 BASELINE_CONFIG = REPO_ROOT / "configs/shapes/per_pixel_baseline_R18_bs8_1200.yaml"
@@ -36,6 +38,7 @@ OPTS = [
     "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "True",
 ]  # fmt: skip
 SIZES = [(96, 128), (130, 90), (64, 64), (100, 70)]
+EXIF_ORIENTATION = 0x0112
 
 
 def _cfg(config: Path, weights: str, opts=OPTS):
@@ -57,14 +60,17 @@ def _save_seeded_weights(config: Path, path: Path, opts=OPTS) -> str:
 
 
 def _images(folder: Path):
-    """RGB uint8 images of SIZES; the first saved as PNG, the last as an EXIF-rotated JPEG."""
+    """
+    RGB uint8 images of SIZES; the first saved as a PNG, the last as a PNG stored turned a
+    quarter left with EXIF orientation 6 (view turned a quarter right: upright again).
+    """
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in SIZES]
     folder.mkdir(exist_ok=True)
     Image.fromarray(images[0]).save(folder / "a.png")
     exif = Image.Exif()
-    exif[0x0112] = 6  # stored rotated: shown upright after a 90 degree turn
-    Image.fromarray(images[3]).save(folder / "d.jpg", exif=exif, quality=95)
+    exif[EXIF_ORIENTATION] = 6
+    Image.fromarray(np.rot90(images[3]).copy()).save(folder / "d.png", exif=exif)
     return images
 
 
@@ -72,13 +78,20 @@ def _images(folder: Path):
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("predictor")
     weights = _save_seeded_weights(PANOPTIC_CONFIG, tmp / "weights.pth")
-    demo = load_script("demo/predictor.py").VisualizationDemo(_cfg(PANOPTIC_CONFIG, weights))
+    reference = DefaultPredictor(_cfg(PANOPTIC_CONFIG, weights))  # detectron2's, BGR input
     images = _images(tmp / "images")
-    return {"tmp": tmp, "weights": weights, "reference": demo.predictor, "images": images}
+    predictor = Predictor(PANOPTIC_CONFIG, weights, opts=OPTS, batch_size=3)
+    return {"tmp": tmp, "weights": weights, "reference": reference, "images": images,
+            "predictor": predictor}  # fmt: skip
+
+
+def _reference(setup, rgb: np.ndarray):
+    """DefaultPredictor's outputs for an RGB array the test knows."""
+    return setup["reference"](np.ascontiguousarray(rgb[:, :, ::-1]))
 
 
 def _assert_same(result, expected):
-    """A Prediction equals the demo predictor's output dict (bitwise: same computation)."""
+    """A Prediction equals DefaultPredictor's output dict (bitwise: same computation)."""
     assert torch.equal(result.outputs["sem_seg"], expected["sem_seg"])
     assert torch.equal(result.semantic, expected["sem_seg"].argmax(0))
     ids, segments_info = expected["panoptic_seg"]
@@ -93,33 +106,42 @@ def _assert_same(result, expected):
     assert (result.height, result.width) == tuple(expected["sem_seg"].shape[-2:])
 
 
-def test_paths_arrays_and_pil_images_of_different_sizes_equal_the_demo(setup):
-    demo_module = load_script("demo/demo.py")
+def test_paths_arrays_and_pil_images_equal_default_predictor(setup):
     images, folder = setup["images"], setup["tmp"] / "images"
-    predictor = Predictor(PANOPTIC_CONFIG, setup["weights"], opts=OPTS, batch_size=3)
     inputs = [
         str(folder / "a.png"),  # a path
         images[1],  # an RGB array
         Image.fromarray(images[2]),  # a PIL image
-        folder / "d.jpg",  # a pathlib path of an EXIF-rotated JPEG
+        folder / "d.png",  # a pathlib path of an EXIF-rotated PNG
     ]
+    # The rotated file reads as the upright pixels the test made (lossless PNG).
+    assert np.array_equal(image_to_rgb(inputs[3]), images[3])
     # Two model calls (3 + 1 images); each image alone in its padded-size group.
-    results = predictor.predict(inputs)
-    expected = [
-        setup["reference"](demo_module.load_image(str(folder / "a.png"))),
-        setup["reference"](images[1][:, :, ::-1].copy()),  # the demo works in BGR
-        setup["reference"](images[2][:, :, ::-1].copy()),
-        setup["reference"](demo_module.load_image(str(folder / "d.jpg"))),
-    ]
-    for result, want in zip(results, expected):
-        _assert_same(result, want)
-    assert (results[3].height, results[3].width) == (70, 100)  # turned upright
+    results = setup["predictor"].predict(inputs)
+    for result, rgb in zip(results, images):
+        _assert_same(result, _reference(setup, rgb))
+    assert (results[3].height, results[3].width) == (100, 70)  # turned upright
     sources = [str(inputs[0]), "<input 1>", "<input 2>", str(inputs[3])]
     assert [r.source for r in results] == sources
 
 
+def test_16_bit_png_is_scaled_to_8_bits(setup, tmp_path):
+    rng = np.random.default_rng(5)
+    levels = rng.integers(0, 65536, (60, 80), dtype=np.uint16)
+    levels[0, :3] = [0, 65535, 128]  # the ends of the range, and a value that rounds to 0
+    Image.fromarray(levels).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as stored:
+        assert stored.mode.startswith("I;16")  # really stored with 16 bits
+    grey = np.array([round(int(v) / 257) for v in levels.ravel()], np.uint8).reshape(60, 80)
+    assert grey[0, :3].tolist() == [0, 255, 0]
+    expected = np.repeat(grey[:, :, None], 3, axis=2)
+    assert np.array_equal(image_to_rgb(tmp_path / "deep.png"), expected)
+    result = setup["predictor"](tmp_path / "deep.png")
+    _assert_same(result, _reference(setup, expected))
+
+
 def test_class_names_and_bgr_arrays(setup):
-    predictor = Predictor(PANOPTIC_CONFIG, setup["weights"], opts=OPTS)
+    predictor = setup["predictor"]
     rgb = setup["images"][1]
     result = predictor(rgb)
     names = ["circle", "square", "triangle", "gradient", "stripes", "blotches"]
@@ -135,41 +157,80 @@ def test_class_names_and_bgr_arrays(setup):
 
 
 def test_same_size_images_batched_together_match_one_by_one(setup):
-    predictor = Predictor(PANOPTIC_CONFIG, setup["weights"], opts=OPTS)
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, (72, 96, 3), dtype=np.uint8) for _ in range(3)]
-    together = predictor.predict(images, batch_size=3)  # one group of 3 in the model
+    together = setup["predictor"].predict(images, batch_size=3)  # one group of 3 in the model
     for image, result in zip(images, together):
-        alone = setup["reference"](image[:, :, ::-1].copy())
+        alone = _reference(setup, image)
         # Same computation except the batch dimension: equal up to float rounding.
         torch.testing.assert_close(result.outputs["sem_seg"], alone["sem_seg"], atol=1e-5, rtol=0)
 
 
-def test_predict_dir_streams_and_reports_a_bad_file(setup, tmp_path, caplog):
-    demo_module = load_script("demo/demo.py")
-    folder = tmp_path / "dir"
+def _count_model_calls(predictor, monkeypatch):
+    calls = []
+    run = predictor._run
+    monkeypatch.setattr(predictor, "_run", lambda inputs: calls.append(len(inputs)) or run(inputs))
+    return calls
+
+
+def _bad_folder(setup, folder: Path) -> Path:
+    """b.PNG, bad.png (truncated), c.bmp and notes.txt (not listed) in a new ``folder``."""
     folder.mkdir()
-    for name in ("b.PNG", "c.jpg"):
+    for name in ("b.PNG", "c.bmp"):  # lossless: their pixels are images[2]
         cv2.imwrite(str(folder / name), setup["images"][2][:, :, ::-1])
-    (folder / "bad.png").write_bytes(b"\x89PNG but truncated")
+    png = (folder / "b.PNG").read_bytes()
+    (folder / "bad.png").write_bytes(png[: len(png) // 2])
     (folder / "notes.txt").write_text("not an image: not listed")
-    predictor = Predictor(PANOPTIC_CONFIG, setup["weights"], opts=OPTS, batch_size=2)
-    with caplog.at_level(logging.WARNING, logger="mask_former.predictor"):
-        results = list(predictor.predict_dir(folder, progress=False))
-    assert [Path(r.source).name for r in results] == ["b.PNG", "bad.png", "c.jpg"]
+    return folder
+
+
+def test_predict_raises_before_any_model_call_or_skips(setup, tmp_path, monkeypatch):
+    folder = _bad_folder(setup, tmp_path / "dir")
+    predictor = setup["predictor"]
+    calls = _count_model_calls(predictor, monkeypatch)
+    inputs = [folder / "b.PNG", folder / "bad.png", setup["images"][1]]
+    with pytest.raises(UnreadableImageError, match="bad.png: truncated or corrupt") as error:
+        predictor.predict(inputs)  # errors="raise", the default
+    assert error.value.path == str(folder / "bad.png") and calls == []
+    results = predictor.predict(inputs, errors="skip", batch_size=3)
+    assert calls == [2]  # the two readable images, in one call
+    assert [r.ok for r in results] == [True, False, True]
+    assert "bad.png" in results[1].error and results[1].semantic is None
+    assert results[1].source == str(folder / "bad.png")
+    _assert_same(results[0], _reference(setup, setup["images"][2]))
+    _assert_same(results[2], _reference(setup, setup["images"][1]))
+    with pytest.raises(ValueError, match="errors must be one of"):
+        predictor.predict(inputs, errors="ignore")
+
+
+def test_predict_dir_skips_or_raises(setup, tmp_path, monkeypatch):
+    folder = _bad_folder(setup, tmp_path / "dir")
+    predictor = setup["predictor"]
+    logged = []
+    monkeypatch.setattr(
+        "mask_former.inference.predictor.logger.warning", lambda *a: logged.append(a[0] % a[1:])
+    )
+    results = list(predictor.predict_dir(folder, progress=False, batch_size=2))  # "skip"
+    assert [Path(r.source).name for r in results] == ["b.PNG", "bad.png", "c.bmp"]
     bad = results[1]
     assert not bad.ok and "bad.png" in bad.error and bad.semantic is None
-    assert "bad.png" in caplog.text
+    assert len(logged) == 1
+    assert logged[0].startswith(f"skipped {folder / 'bad.png'}: truncated or corrupt")
+    expected = _reference(setup, setup["images"][2])
     for result in (results[0], results[2]):
         assert result.ok
-        _assert_same(result, setup["reference"](demo_module.load_image(result.source)))
+        _assert_same(result, expected)
+    calls = _count_model_calls(predictor, monkeypatch)
+    stream = predictor.predict_dir(folder, progress=False, batch_size=2, errors="raise")
+    with pytest.raises(UnreadableImageError, match="bad.png"):
+        next(stream)  # bad.png is in the first batch: no model call
+    assert calls == []
 
 
 def test_per_pixel_baseline_batches_by_image_size(tmp_path):
     opts = ["MODEL.DEVICE", "cpu"]
     weights = _save_seeded_weights(BASELINE_CONFIG, tmp_path / "baseline.pth", opts)
-    demo = load_script("demo/predictor.py").VisualizationDemo(_cfg(BASELINE_CONFIG, weights, opts))
-    reference = demo.predictor
+    reference = DefaultPredictor(_cfg(BASELINE_CONFIG, weights, opts))
     predictor = Predictor(BASELINE_CONFIG, weights, opts=opts)
     rng = np.random.default_rng(2)
     images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(64, 96), (96, 64)]]
@@ -177,6 +238,38 @@ def test_per_pixel_baseline_batches_by_image_size(tmp_path):
         expected = reference(image[:, :, ::-1].copy())
         assert torch.equal(result.outputs["sem_seg"], expected["sem_seg"])
         assert result.panoptic is None and result.instances is None
+
+
+def test_two_worker_processes_give_the_in_process_predictions(setup):
+    cfg = _cfg(PANOPTIC_CONFIG, setup["weights"])
+    images = setup["images"]
+    threads = torch.get_num_threads()
+    # One thread per model everywhere (each worker gets 2 // 2), so that sums are split alike.
+    torch.set_num_threads(2)
+    try:
+        with ParallelPredictor(cfg, 2) as pool:
+            assert pool.num_workers == 2
+            for rgb in images:
+                pool.put(rgb)
+            pool.put(images[0][:, :, ::-1].copy(), "BGR")
+            results = [pool.get() for _ in range(len(images) + 1)]  # in the order put
+            assert len(pool) == 0
+            pool.put(images[1].astype(np.float32))  # fails in the worker
+            with pytest.raises(WorkerError, match="failed on image 5:(.|\n)*uint8"):
+                pool.get()
+            pool.put(images[2])  # the workers go on
+            assert torch.equal(pool.get().outputs["sem_seg"], results[2].outputs["sem_seg"])
+            pool.put(images[0])
+            pool.discard_pending()  # its result is dropped when it comes back
+            assert len(pool) == 0
+        assert pool.num_workers == 0  # shut down
+        torch.set_num_threads(1)
+        expected = [_reference(setup, rgb) for rgb in images + [images[0]]]
+    finally:
+        torch.set_num_threads(threads)
+    for result, want in zip(results, expected):
+        _assert_same(result, want)
+        assert result.outputs["sem_seg"].device.type == "cpu"
 
 
 def test_the_readme_example_runs(tmp_path):

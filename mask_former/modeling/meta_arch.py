@@ -343,12 +343,24 @@ class MaskFormer(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """
+        A (3, h, w) image, 0..255 in the model's input format, normalised on the model's
+        device: ``(image - pixel_mean) / pixel_std`` per channel, (3, h, w). Traceable.
+        """
+        return (image.to(self.device) - self.pixel_mean) / self.pixel_std
+
+    def pad_images(self, images: Sequence[torch.Tensor]) -> ImageList:
+        """
+        (3, h_i, w_i) images padded with 0 at the bottom and right into one (B, 3, H, W)
+        batch, H and W the largest sizes rounded up to ``size_divisibility``
+        (``ImageList.from_tensors``; traceable with dynamic sizes for one image).
+        """
+        return ImageList.from_tensors(list(images), self.size_divisibility)
+
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise each (3, h, w) image and pad the batch (with 0) to (B, 3, H, W)."""
-        images = [
-            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
-        ]
-        return ImageList.from_tensors(images, self.size_divisibility)
+        return self.pad_images([self.normalize(x["image"]) for x in batched_inputs])
 
     def forward(self, batched_inputs: List[Dict]):
         """
@@ -385,11 +397,14 @@ class MaskFormer(nn.Module):
         for group in group_by_padded_size(sizes, self.size_divisibility):
             inputs = [batched_inputs[i] for i in group]
             images = self.preprocess_image(inputs)
-            outputs = self.predict(images.tensor)
+            outputs = self.head_outputs(images.tensor)
             for i, result in zip(group, batch_inference(outputs, inputs, images, **options)):
                 results[i] = result
         return results
 
-    def predict(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """:func:`inference_outputs` of this model's network on normalised padded images."""
+    def head_outputs(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        Normalised padded images (B, 3, H, W) -> the head's last-layer "pred_logits"
+        (B, Q, K + 1) and "pred_masks" (B, Q, H/4, W/4), float32 (:func:`inference_outputs`).
+        """
         return inference_outputs(self.backbone, self.sem_seg_head, images, self.inference_precision)

@@ -83,7 +83,7 @@ def test_raw_graph_matches_pytorch_at_two_sizes(resnet_raw_export):
     for image in random_images(SIZES, seed=4):
         pred_logits, pred_masks = session.run(None, {"image": image[None].numpy()})
         with torch.no_grad():
-            outputs = model.predict(model.preprocess_image([{"image": image}]).tensor)
+            outputs = model.head_outputs(model.preprocess_image([{"image": image}]).tensor)
             expected_sem_seg = model([{"image": image}])[0]["sem_seg"]
         np.testing.assert_allclose(pred_logits, outputs["pred_logits"][0], rtol=0, atol=ATOL)
         np.testing.assert_allclose(pred_masks, outputs["pred_masks"][0], rtol=0, atol=ATOL)
@@ -111,7 +111,7 @@ def test_onnx_latency(export_model, swin_export):
 
 
 def test_floor_division_of_sizes_rounds_down(tmp_path):
-    from mask_former.export import _floor_division_for_onnx
+    from mask_former.inference.export import _floor_division_for_onnx
 
     class PaddedWindows(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
