@@ -1,5 +1,5 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
-"""demo/demo.py and demo/predictor.py: input expansion, errors, thresholds, what is drawn."""
+"""demo/demo.py and mask_former.inference.drawing: input expansion, errors, thresholds, drawings."""
 
 import os
 from pathlib import Path
@@ -15,6 +15,10 @@ from detectron2.utils.visualizer import Visualizer
 from tools_testing import load_script
 
 from mask_former import get_mask_former_cfg
+from mask_former.data import io
+from mask_former.inference import Prediction, class_metadata
+from mask_former.inference import drawing as drawing_module
+from mask_former.inference import workers as workers_module
 from tests.paths import REPO_ROOT
 
 CONFIG = "configs/shapes/maskformer_panoptic_R18_bs8_1200.yaml"
@@ -51,10 +55,13 @@ def test_inputs_expand_from_files_folders_and_globs(tmp_path):
 
 def test_unreadable_image_error_names_the_file(tmp_path):
     demo = _demo_module()
+    assert demo.UnreadableImageError is io.UnreadableImageError  # one error for bad images
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG but truncated")
     with pytest.raises(ValueError, match="Cannot read image .*broken.png"):
-        demo.load_image(str(bad))
+        io.read_image(str(bad))
+    skipped = []
+    assert list(demo._readable_images([str(bad)], skipped)) == [] and skipped == [str(bad)]
 
 
 def test_confidence_threshold_filters_instances_only(tmp_path):
@@ -71,20 +78,22 @@ def test_confidence_threshold_filters_instances_only(tmp_path):
     assert "only filters the drawn instances" in help_text
     assert "does not change panoptic or semantic inference" in help_text
 
-    predictor = load_script("demo/predictor.py")
     instances = Instances((4, 4), scores=torch.tensor([0.9, 0.2, 0.5, 0.49]))
-    kept = predictor._filter_instances({"instances": instances}, 0.5)["instances"]
-    assert kept.scores.tolist() == pytest.approx([0.9, 0.5])
+    prediction = Prediction("x", instances=instances, outputs={"instances": instances})
+    kept = prediction.with_instances_above(0.5)
+    assert kept.instances.scores.tolist() == pytest.approx([0.9, 0.5])
+    assert kept.outputs["instances"].scores.tolist() == pytest.approx([0.9, 0.5])
+    assert len(prediction.instances) == 4  # a copy: the prediction itself keeps them
 
 
 @pytest.fixture(scope="module")
 def stub_demo():
-    """A VisualizationDemo of the tiny config whose model is replaced by fixed outputs."""
-    predictor = load_script("demo/predictor.py")
+    """A PredictionVisualizer of the tiny config whose model is replaced by fixed outputs."""
     cfg = get_mask_former_cfg()
     cfg.merge_from_file(str(REPO_ROOT / CONFIG))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu"])
     cfg.freeze()
-    visualization = predictor.VisualizationDemo(cfg)
+    visualization = drawing_module.PredictionVisualizer(cfg)
     h, w = 48, 64
     sem_seg = torch.zeros(6, h, w)
     sem_seg[0, :, : w // 2] = sem_seg[4, :, w // 2 :] = 1.0  # two regions
@@ -111,12 +120,16 @@ class _Frames:
         return True, self.frames.pop(0)
 
 
+def _prediction(outputs):
+    return Prediction("x", instances=outputs.get("instances"), outputs=dict(outputs))
+
+
 def _drawings(visualization, image, outputs):
-    """The image and video drawings of ``outputs``."""
-    visualization.predictor = lambda _: dict(outputs)
+    """The image (``image`` as RGB) and video (``image`` as a BGR frame) drawings of ``outputs``."""
+    visualization.predictor = lambda image, channel_order: _prediction(outputs)
     _, drawn = visualization.run_on_image(image)
-    (frame,) = visualization.run_on_video(_Frames([image]))
-    return drawn.get_image(), frame
+    (frame,) = visualization.run_on_video(_Frames([image[:, :, ::-1].copy()]))
+    return drawn.get_image(), frame[:, :, ::-1]
 
 
 def test_sem_seg_and_instances_are_both_drawn(stub_demo):
@@ -129,7 +142,7 @@ def test_sem_seg_and_instances_are_both_drawn(stub_demo):
         assert not np.array_equal(both[i][inside], sem_seg_only[i][inside]), kind
         assert not np.array_equal(both[i], instances_only[i]), kind
     # The image is drawn as the original demo draws it: sem_seg, then instances on top.
-    visualizer = Visualizer(image[:, :, ::-1], visualization.metadata)
+    visualizer = Visualizer(image, visualization.metadata)
     np.random.seed(0)  # the demo seeds the Visualizer's colours so
     visualizer.draw_sem_seg(outputs["sem_seg"].argmax(dim=0))
     expected = visualizer.draw_instance_predictions(outputs["instances"]).get_image()
@@ -139,24 +152,25 @@ def test_sem_seg_and_instances_are_both_drawn(stub_demo):
 def test_video_frames_keep_their_order_through_a_worker_pool(stub_demo):
     """With workers, frames are predicted a few at once and each is drawn with its own result."""
     visualization = stub_demo[0]
-    predictor = load_script("demo/predictor.py")
 
-    def segment(frame):  # a sem_seg that depends on the frame
+    def segment(frame, channel_order="BGR"):  # a sem_seg that depends on the frame
+        assert channel_order == "BGR"  # video frames are OpenCV's
         labels = torch.as_tensor(frame[:, :, 0] > 127).long()
-        return {"sem_seg": torch.nn.functional.one_hot(labels, 6).permute(2, 0, 1).float()}
+        sem_seg = torch.nn.functional.one_hot(labels, 6).permute(2, 0, 1).float()
+        return _prediction({"sem_seg": sem_seg})
 
-    class InlinePool(predictor.AsyncPredictor):  # the pool's interface, without processes
+    class InlinePool(workers_module.ParallelPredictor):  # the pool's interface, no processes
         default_buffer_size = 3
 
         def __init__(self):
             self.queue, self.most_in_flight = [], 0
 
-        def put(self, image):
-            self.queue.append(image)
+        def put(self, image, channel_order="RGB"):
+            self.queue.append((image, channel_order))
             self.most_in_flight = max(self.most_in_flight, len(self.queue))
 
         def get(self):
-            return segment(self.queue.pop(0))
+            return segment(*self.queue.pop(0))
 
     rng = np.random.default_rng(1)
     frames = [rng.integers(0, 255, (32, 48, 3), dtype=np.uint8) for _ in range(7)]
@@ -176,16 +190,23 @@ def test_exactly_one_source_is_required():
         demo.main([])
 
 
-def test_metadata_falls_back_to_generic_class_names():
-    predictor = load_script("demo/predictor.py")
+def test_metadata_falls_back_to_generic_class_names(monkeypatch):
+    warned = []
+    monkeypatch.setattr(
+        "mask_former.inference.results.logger.warning", lambda *a: warned.append(a[0] % a[1:])
+    )
     cfg = get_cfg()
     cfg.DATASETS.TEST = ("_test_demo_unregistered",)
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
-    generic = predictor.demo_metadata(cfg)
+    generic = class_metadata(cfg)
     assert generic.stuff_classes == generic.thing_classes == ["class 0", "class 1", "class 2"]
+    assert warned == [
+        "Dataset _test_demo_unregistered has no class names in its metadata: using generic names."
+    ]
     MetadataCatalog.get("_test_demo_named").set(stuff_classes=["sky", "road", "car"])
     cfg.DATASETS.TEST = ("_test_demo_named",)
-    assert predictor.demo_metadata(cfg).stuff_classes == ["sky", "road", "car"]
+    assert class_metadata(cfg).stuff_classes == ["sky", "road", "car"]
+    assert len(warned) == 1  # no warning for a named set
     MetadataCatalog.remove("_test_demo_named")
 
 
@@ -214,7 +235,7 @@ def test_video_frames_are_drawn_into_a_video(tmp_path):
          "--confidence-threshold", "0", "--opts", "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"]
     )  # fmt: skip
     torch.manual_seed(0)
-    visualization = demo.VisualizationDemo(demo.setup_cfg(args))
+    visualization = demo.PredictionVisualizer(demo.setup_cfg(args))
     out = tmp_path / "out"
     out.mkdir()
     demo.run_on_video(visualization, str(tmp_path / "clip.mp4"), str(out))
@@ -231,18 +252,17 @@ def test_video_frames_are_drawn_into_a_video(tmp_path):
 @pytest.mark.parametrize("cuda", [True, False], ids=["with_cuda", "without_cuda"])
 def test_parallel_workers_one_per_gpu_or_two_on_the_cpu(monkeypatch, cuda):
     """`--parallel` without N, and the workers' devices (CUDA monkeypatched: no GPU is used)."""
-    async_predictor = load_script("demo/async_predictor.py")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3 if cuda else 0)
     cfg = get_mask_former_cfg()
     cfg.MODEL.DEVICE = "cuda"
     cfg.freeze()
-    assert async_predictor.default_num_workers(cfg) == (3 if cuda else 2)
-    devices = [c.MODEL.DEVICE for c in async_predictor._worker_configs(cfg, 4)]
+    assert workers_module.default_num_workers(cfg) == (3 if cuda else 2)
+    devices = [c.MODEL.DEVICE for c in workers_module.worker_configs(cfg, 4)]
     assert devices == (["cuda:0", "cuda:1", "cuda:2", "cuda:0"] if cuda else ["cuda"] * 4)
     assert cfg.MODEL.DEVICE == "cuda"  # the caller's config is left alone
     cpu = cfg.clone()
     cpu.defrost()
     cpu.MODEL.DEVICE = "cpu"
-    assert async_predictor.default_num_workers(cpu) == 2  # a CPU config, GPUs or not
-    assert [c.MODEL.DEVICE for c in async_predictor._worker_configs(cpu, 2)] == ["cpu"] * 2
+    assert workers_module.default_num_workers(cpu) == 2  # a CPU config, GPUs or not
+    assert [c.MODEL.DEVICE for c in workers_module.worker_configs(cpu, 2)] == ["cpu"] * 2

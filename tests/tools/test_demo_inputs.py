@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 import torch
 from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 from tools_testing import load_script
 
 import mask_former
-from mask_former import Predictor, get_mask_former_cfg
-from mask_former.predictor import read_image_file
+from mask_former import get_mask_former_cfg
+from mask_former.data.io import read_image
 from tests.paths import REPO_ROOT
 
 CONFIG = "configs/shapes/maskformer_panoptic_R18_bs8_1200.yaml"
@@ -73,16 +74,17 @@ def _demo():
     return load_script("demo/demo.py")
 
 
-def test_odd_images_load_upright_as_8_bit_bgr(tmp_path):
+def test_odd_images_load_upright_as_8_bit_rgb(tmp_path):
+    """The demo reads its inputs with mask_former.data.io.read_image, in RGB."""
     sizes = _write_images(tmp_path / "in")
-    demo = _demo()
+    assert _demo().read_image is read_image
     for name, (h, w) in sizes.items():
-        image = demo.load_image(str(tmp_path / "in" / name))
+        image = read_image(str(tmp_path / "in" / name), "RGB")
         assert image.shape == (h, w, 3) and image.dtype == np.uint8, name
-    deep = demo.load_image(str(tmp_path / "in" / "deep.png"))
+    deep = read_image(str(tmp_path / "in" / "deep.png"), "RGB")
     # 16 bits scaled to 8, not clipped: the ramp spans the whole range.
     assert deep.min() == 0 and deep.max() == 255 and 120 < deep.mean() < 135
-    gray = demo.load_image(str(tmp_path / "in" / "gray.png"))
+    gray = read_image(str(tmp_path / "in" / "gray.png"), "RGB")
     assert (gray[:, :, 0] == gray[:, :, 2]).all()
 
 
@@ -92,9 +94,14 @@ def test_unreadable_files_say_why(tmp_path):
     demo = _demo()
     for name, reason in BAD.items():
         with pytest.raises(demo.UnreadableImageError, match=f"{name}: {reason}") as error:
-            demo.load_image(str(tmp_path / "in" / name))
+            read_image(str(tmp_path / "in" / name), "RGB")
         assert error.value.reason.startswith(reason)
         assert error.value.__cause__ is None  # one line, no chained traceback
+    # The demo's reading loop skips and lists them, and reads the others.
+    paths = [str(tmp_path / "in" / name) for name in ["a.png", *BAD]]
+    skipped = []
+    read = list(demo._readable_images(paths, skipped))
+    assert [index for index, _ in read] == [0] and skipped == paths[1:]
 
 
 def test_drawing_names_never_clash():
@@ -215,20 +222,21 @@ def test_every_readable_image_is_drawn_at_its_upright_size(runs, run):
 
 
 @pytest.fixture(scope="module")
-def predictor_drawings(runs):
+def reference_drawings(runs):
     """
     What the demo should draw for the lossless inputs in/a.png and more/a.png (drawn as a.png
-    and a-2.png): mask_former.Predictor's panoptic result for the same file, weights and
-    threshold, drawn here with detectron2's Visualizer as the original demo draws it.
+    and a-2.png), computed without the project's inference code: detectron2's DefaultPredictor
+    with the same config, weights and threshold, on the files' pixels decoded by Pillow, drawn
+    with detectron2's Visualizer as the original demo draws it.
     """
     _, root, _ = runs
-    predictor = Predictor(
-        REPO_ROOT / CONFIG,
-        str(root / "model.pth"),
-        device="cpu",
-        opts=["MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0"],
-    )
-    metadata = MetadataCatalog.get(predictor.cfg.DATASETS.TEST[0])
+    cfg = get_mask_former_cfg()
+    cfg.merge_from_file(str(REPO_ROOT / CONFIG))
+    cfg.merge_from_list(["MODEL.WEIGHTS", str(root / "model.pth"), "MODEL.DEVICE", "cpu",
+                         "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0"])  # fmt: skip
+    cfg.freeze()
+    reference = DefaultPredictor(cfg)
+    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
     assert metadata.get("stuff_classes")  # the demo's class names and colours
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the demo runs (near-ties between segments)
@@ -238,11 +246,11 @@ def predictor_drawings(runs):
             ("a.png", root / "in" / "a.png"),
             ("a-2.png", root / "more" / "a.png"),
         ):
-            prediction = predictor(source)
-            assert prediction.segments, name  # something is drawn
-            visualizer = Visualizer(read_image_file(source), metadata)
+            rgb = np.asarray(Image.open(source).convert("RGB"))
+            panoptic_seg, segments_info = reference(rgb[:, :, ::-1].copy())["panoptic_seg"]
+            assert segments_info, name  # something is drawn
+            visualizer = Visualizer(rgb, metadata)
             np.random.seed(0)  # the colours the demo picks
-            panoptic_seg, segments_info = prediction.outputs["panoptic_seg"]
             drawings[name] = visualizer.draw_panoptic_seg(panoptic_seg, segments_info).get_image()
     finally:
         torch.set_num_threads(threads)
@@ -250,16 +258,16 @@ def predictor_drawings(runs):
 
 
 @pytest.mark.parametrize("run", ["one", "two"])
-def test_drawings_are_the_predictors_segments(runs, predictor_drawings, run):
+def test_drawings_are_default_predictors_segments(runs, reference_drawings, run):
     _, root, _ = runs
     output = runs[0][run][2]
-    for name, expected in predictor_drawings.items():
+    for name, expected in reference_drawings.items():
         drawn = np.asarray(Image.open(output / name).convert("RGB"))
         assert drawn.shape == expected.shape, name
         assert np.array_equal(drawn, expected), (name, np.mean(drawn != expected))
     # Not the input image: segments are painted over it.
     source = np.asarray(Image.open(root / "in" / "a.png").convert("RGB"))
-    assert not np.array_equal(predictor_drawings["a.png"], source)
+    assert not np.array_equal(reference_drawings["a.png"], source)
 
 
 def test_two_workers_draw_what_one_process_draws(runs):
