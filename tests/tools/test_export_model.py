@@ -135,3 +135,30 @@ def test_missing_onnxruntime_is_a_clear_error(export_model, monkeypatch):
         export_model.import_onnx_packages()
     # The command line stops before reading the config.
     assert export_model.main(["--config-file", "missing.yaml", "--output", "unused.onnx"]) == 2
+
+
+def test_wrapper_prepares_the_image_with_the_models_functions(swin_export):
+    """Normalised and zero-padded to multiples of 32 at the bottom and right (by hand here)."""
+    from mask_former.inference.exportable import ExportableMaskFormer
+
+    _, model = swin_export
+    wrapper = ExportableMaskFormer(model)
+    image = torch.rand(3, 45, 77) * 255
+    mean = torch.tensor(model.pixel_mean.flatten().tolist()).view(3, 1, 1)
+    std = torch.tensor(model.pixel_std.flatten().tolist()).view(3, 1, 1)
+    expected = torch.zeros(1, 3, 64, 96)
+    expected[0, :, :45, :77] = (image - mean) / std
+    torch.testing.assert_close(wrapper.preprocess(image), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(wrapper.preprocess(image[None]), expected, rtol=0, atol=1e-6)
+    # The same function prepares the model's own batches.
+    torch.testing.assert_close(
+        model.preprocess_image([{"image": image}]).tensor, expected, rtol=0, atol=1e-6
+    )
+
+
+def test_the_tool_calls_the_package(export_model):
+    from mask_former.inference import export as package
+
+    for name in ("MissingPackageError", "import_onnx_packages", "onnx_session", "onnx_latency",
+                 "verify_export", "export"):  # fmt: skip
+        assert getattr(export_model, name) is getattr(package, name), name
