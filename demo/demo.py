@@ -14,6 +14,10 @@ are not readable images are skipped, each with one line saying why; the others a
 the demo then exits with status 1 and the number skipped. Without ``--output`` the drawings
 are shown in a window (Esc quits). ``--confidence-threshold`` only filters the instances that
 are drawn; the thresholds of panoptic inference are config keys (``--opts``).
+
+This script parses the arguments and names the files; the config comes from
+``mask_former.load_config``, the images from ``mask_former.data.io``, and the prediction,
+drawing and worker processes from ``mask_former.inference`` (the Python API's Predictor).
 """
 
 import argparse
