@@ -21,8 +21,8 @@ from .data import (  # noqa: E402
     MaskFormerSemanticDatasetMapper,
 )
 from .engine import SemanticSegmentorWithTTA  # noqa: E402
-from .modeling import MaskFormer  # noqa: E402
 from .inference import Predictor  # noqa: E402
+from .modeling import MaskFormer  # noqa: E402
 
 __all__ = [
     "add_mask_former_config",
