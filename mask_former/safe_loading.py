@@ -10,9 +10,9 @@ arrays and tensors, ``.pth``/``.pyth`` files through ``torch.load(weights_only=T
 else is refused with :class:`UntrustedCheckpointError`, which names the file and the refused
 global. Setting the environment variable ``MASK_FORMER_TRUST_CHECKPOINTS=1`` allows full
 unpickling, for files the user trusts. The class is patched, rather than every project path
-routed through a checkpointer of its own, because detectron2's ``DefaultPredictor`` (the demo,
-its worker processes, users' scripts) builds a ``DetectionCheckpointer`` internally: patching it
-is the one place every path that loads ``MODEL.WEIGHTS`` passes. (The project's own
+routed through a checkpointer of its own, because users' scripts (and detectron2's own
+``DefaultPredictor`` and evaluation code) build a ``DetectionCheckpointer`` themselves: patching
+it is the one place every path that loads ``MODEL.WEIGHTS`` passes. (The project's own
 :class:`mask_former.checkpoint.TrainingCheckpointer` reads files safely, patched or not.)
 
 The names of this module are also importable from :mod:`mask_former.checkpoint`.

@@ -20,7 +20,7 @@ import torch
 from detectron2.engine import DefaultPredictor
 from PIL import Image
 
-from mask_former import Predictor, get_mask_former_cfg
+from mask_former import Predictor, load_config
 from mask_former.data.io import UnreadableImageError
 from mask_former.data.shapes_generator import generate_split
 from mask_former.inference import ParallelPredictor, WorkerError, image_to_rgb
@@ -42,11 +42,7 @@ EXIF_ORIENTATION = 0x0112
 
 
 def _cfg(config: Path, weights: str, opts=OPTS):
-    cfg = get_mask_former_cfg()
-    cfg.merge_from_file(str(config))
-    cfg.merge_from_list(list(opts) + ["MODEL.WEIGHTS", weights])
-    cfg.freeze()
-    return cfg
+    return load_config(config, list(opts) + ["MODEL.WEIGHTS", weights], cpu_fallback=False)
 
 
 def _save_seeded_weights(config: Path, path: Path, opts=OPTS) -> str:

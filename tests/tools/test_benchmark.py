@@ -162,8 +162,6 @@ def test_worker_runs_against_an_older_checkout(tmp_path):
 
 
 def test_onnx_row_times_the_exported_graph_and_pytorch():
-    pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
     from mask_former.benchmark import rows
 
     entries = rows.bench_onnx(CONFIG, (64, 64), threads=1, repeats=1)

@@ -14,7 +14,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.visualizer import Visualizer
 from tools_testing import load_script
 
-from mask_former import get_mask_former_cfg
+from mask_former import get_mask_former_cfg, load_config
 from mask_former.data import io
 from mask_former.inference import Prediction, class_metadata
 from mask_former.inference import drawing as drawing_module
@@ -89,10 +89,7 @@ def test_confidence_threshold_filters_instances_only(tmp_path):
 @pytest.fixture(scope="module")
 def stub_demo():
     """A PredictionVisualizer of the tiny config whose model is replaced by fixed outputs."""
-    cfg = get_mask_former_cfg()
-    cfg.merge_from_file(str(REPO_ROOT / CONFIG))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu"])
-    cfg.freeze()
+    cfg = load_config(REPO_ROOT / CONFIG, device="cpu")
     visualization = drawing_module.PredictionVisualizer(cfg)
     h, w = 48, 64
     sem_seg = torch.zeros(6, h, w)

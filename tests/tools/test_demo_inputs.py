@@ -23,7 +23,7 @@ from PIL import Image
 from tools_testing import load_script
 
 import mask_former
-from mask_former import get_mask_former_cfg
+from mask_former import load_config
 from mask_former.data.io import read_image
 from tests.paths import REPO_ROOT
 
@@ -131,8 +131,7 @@ def test_output_paths_make_the_folder_or_name_the_file(tmp_path):
 
 
 def _random_checkpoint(path: Path) -> None:
-    cfg = get_mask_former_cfg()
-    cfg.merge_from_file(str(REPO_ROOT / CONFIG))
+    cfg = load_config(REPO_ROOT / CONFIG, device="cpu")
     torch.manual_seed(0)
     torch.save({"model": build_model(cfg).state_dict()}, path)
 
@@ -230,11 +229,8 @@ def reference_drawings(runs):
     with detectron2's Visualizer as the original demo draws it.
     """
     _, root, _ = runs
-    cfg = get_mask_former_cfg()
-    cfg.merge_from_file(str(REPO_ROOT / CONFIG))
-    cfg.merge_from_list(["MODEL.WEIGHTS", str(root / "model.pth"), "MODEL.DEVICE", "cpu",
-                         "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0"])  # fmt: skip
-    cfg.freeze()
+    opts = ["MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0"]
+    cfg = load_config(REPO_ROOT / CONFIG, opts, weights=str(root / "model.pth"), device="cpu")
     reference = DefaultPredictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
     assert metadata.get("stuff_classes")  # the demo's class names and colours

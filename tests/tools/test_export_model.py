@@ -8,6 +8,10 @@ base pixel decoder and for a ResNet with the transformer-encoder pixel decoder.
 import sys
 
 import numpy as np
+
+# The interop requirements (make setup installs them): a missing package fails, not skips.
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -16,9 +20,6 @@ from tools_testing import load_script
 from mask_former.export import raw_mask_logits
 from mask_former.modeling.inference import semantic_inference
 from tests.modeling.model_testing import random_images, tiny_resnet_cfg, tiny_swin_cfg
-
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
 
 # Image sizes of the comparisons: neither is a multiple of 32, nor the traced size.
 SIZES = [(45, 77), (100, 61)]
