@@ -173,6 +173,26 @@ def analyze(cfg: CfgNode, tasks: Sequence[str], num_inputs: int, fixed_input_siz
     return "\n\n".join(reports)
 
 
+# Flags of detectron2's training parser, which this tool used to take: they do nothing here, so
+# --help does not list them, but command lines that pass them still run (with a warning).
+IGNORED_TRAINING_FLAGS = {
+    "--resume": 0,
+    "--eval-only": 0,
+    "--num-gpus": 1,
+    "--num-machines": 1,
+    "--machine-rank": 1,
+    "--dist-url": 1,
+}
+
+
+def _add_ignored_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, nargs in IGNORED_TRAINING_FLAGS.items():
+        if nargs:
+            parser.add_argument(flag, default=None, help=argparse.SUPPRESS)
+        else:
+            parser.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: the tasks, the inputs, the config file and its overrides."""
     parser = argparse.ArgumentParser(
@@ -196,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="config overrides as KEY VALUE pairs at the end, e.g. MODEL.WEIGHTS model.pkl",
     )
+    _add_ignored_flags(parser)
     return parser
 
 
@@ -205,6 +226,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.num_inputs < 1:
         parser.error(f"--num-inputs must be at least 1, got {args.num_inputs}")
+    for flag in IGNORED_TRAINING_FLAGS:
+        if getattr(args, flag[2:].replace("-", "_")) not in (None, False):
+            logger.warning("%s is a training flag: analyze_model.py ignores it", flag)
     return args
 
 
