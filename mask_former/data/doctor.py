@@ -39,7 +39,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from .checks import dataset_num_classes
-from .io import IMAGE_EXTENSIONS, UnreadableImageError, open_image, rgb_to_ids
+from .io import UnreadableImageError, list_images, open_image, rgb_to_ids
 from .mappers.reading import FILE_ROLES
 
 __all__ = ["ERROR", "WARNING", "Issue", "DatasetReport", "check_dataset", "sibling_splits"]
@@ -423,9 +423,8 @@ def _check_panoptic_folders(report: DatasetReport, meta: Dict, records: List[Dic
         if folder is None or not os.path.isdir(folder):
             continue
         used = {os.path.normpath(r[field]) for r in records if field in r}
-        for f in sorted(os.listdir(folder)):
-            path = os.path.join(folder, f)
-            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.normpath(path) not in used:
+        for path in list_images(folder):
+            if os.path.normpath(path) not in used:
                 report.add(
                     WARNING, "unused file", f"{path} is in no record of {meta['panoptic_json']}"
                 )
