@@ -173,8 +173,8 @@ def analyze(cfg: CfgNode, tasks: Sequence[str], num_inputs: int, fixed_input_siz
     return "\n\n".join(reports)
 
 
-# Flags of detectron2's training parser, which this tool used to take: they do nothing here, so
-# --help does not list them, but command lines that pass them still run (with a warning).
+# Flags of detectron2's training parser, which this tool used to take: they do nothing here, but
+# command lines that pass them still run (with a warning); --help says so.
 IGNORED_TRAINING_FLAGS = {
     "--resume": 0,
     "--eval-only": 0,
@@ -186,11 +186,15 @@ IGNORED_TRAINING_FLAGS = {
 
 
 def _add_ignored_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "ignored", "training flags this tool once accepted: still accepted, and ignored"
+    )
     for flag, nargs in IGNORED_TRAINING_FLAGS.items():
+        ignored = "accepted for old command lines and ignored (a training flag)"
         if nargs:
-            parser.add_argument(flag, default=None, help=argparse.SUPPRESS)
+            group.add_argument(flag, default=None, metavar="X", help=ignored)
         else:
-            parser.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+            group.add_argument(flag, action="store_true", help=ignored)
 
 
 def build_parser() -> argparse.ArgumentParser:
