@@ -90,6 +90,7 @@ def add_mask_former_config(cfg: CN) -> None:
     """
     _add_input_config(cfg)
     _add_solver_config(cfg)
+    _add_model_config(cfg)
     _add_mask_former_model_config(cfg)
     _add_sem_seg_head_config(cfg)
     _add_swin_config(cfg)
@@ -118,6 +119,14 @@ def _add_solver_config(cfg: CN) -> None:
     # natively (mask_former.utils.cpu.cpu_supports_native_bfloat16) and in float32 otherwise,
     # where bfloat16 is much slower; "bfloat16" or "float32" force one. CUDA ignores it (float16).
     cfg.SOLVER.AMP.CPU_PRECISION = "auto"
+
+
+def _add_model_config(cfg: CN) -> None:
+    # Inference (the demo, the Predictor, --eval-only, the tools) refuses MODEL.WEIGHTS that
+    # leave a parameter or buffer of the model without a value or have other shapes; True allows
+    # such a partial load on purpose (the rest stays randomly initialised). Training always
+    # allows partial loads (fine-tuning from a backbone checkpoint).
+    cfg.MODEL.ALLOW_PARTIAL_WEIGHTS = False
 
 
 def _add_mask_former_model_config(cfg: CN) -> None:

@@ -8,7 +8,9 @@ nothing), replaces ``DetectionCheckpointer._load_file`` by :func:`load_checkpoin
 files go through a restricted unpickler that builds only containers, numbers, strings, numpy
 arrays and tensors, ``.pth``/``.pyth`` files through ``torch.load(weights_only=True)``; anything
 else is refused with :class:`UntrustedCheckpointError`, which names the file and the refused
-global. Setting the environment variable ``MASK_FORMER_TRUST_CHECKPOINTS=1`` allows full
+global. A file that cannot be read as a checkpoint at all (missing, empty, cut short, not a
+checkpoint) raises :class:`CheckpointError`, whose one-line message names the file and the
+reason. Setting the environment variable ``MASK_FORMER_TRUST_CHECKPOINTS=1`` allows full
 unpickling, for files the user trusts. The class is patched, rather than every project path
 routed through a checkpointer of its own, because users' scripts (and detectron2's own
 ``DefaultPredictor`` and evaluation code) build a ``DetectionCheckpointer`` themselves: patching
@@ -22,6 +24,7 @@ import io
 import logging
 import os
 import pickle
+import zipfile
 from typing import Any, Callable, Dict, Optional
 
 import torch
@@ -30,6 +33,7 @@ from detectron2.utils.file_io import PathManager
 
 __all__ = [
     "TRUST_ENV",
+    "CheckpointError",
     "UntrustedCheckpointError",
     "checkpoints_trusted",
     "restricted_pickle_load",
@@ -82,6 +86,21 @@ class UntrustedCheckpointError(pickle.UnpicklingError):
         self.path, self.refused = path, refused
 
 
+class CheckpointError(ValueError):
+    """
+    A checkpoint that cannot be used: unreadable, or (:class:`~mask_former.checkpoint.weights.
+    WeightsMismatchError`) weights that do not fit the model. ``path`` is the file, ``reason``
+    a few words; the message is one line: "Cannot load checkpoint PATH: REASON".
+    """
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"Cannot load checkpoint {path}: {reason}")
+        self.path, self.reason = path, reason
+
+    def __reduce__(self):  # picklable, so that it crosses process boundaries (launch, workers)
+        return type(self), (self.path, self.reason)
+
+
 def checkpoints_trusted() -> bool:
     """Whether the user allowed full unpickling (``MASK_FORMER_TRUST_CHECKPOINTS=1``)."""
     return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
@@ -102,6 +121,41 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UntrustedCheckpointError(self._path, f"{module}.{name}")
 
 
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _unreadable_reason(path: str, error: BaseException) -> str:
+    """A few words on why ``path`` could not be read, from its first bytes and ``error``."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"PK":  # torch.save's zip format
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "truncated or corrupt (not a complete zip archive)"
+        if not any(n.split("/")[-1] == "data.pkl" for n in names):
+            return "not a checkpoint (a zip archive without data.pkl)"
+        return f"corrupt ({_first_line(error)})"
+    if head[:1] != b"\x80":  # every pickle of protocol 2 or later starts with PROTO
+        return "not a checkpoint (neither a PyTorch zip archive nor a pickle)"
+    if isinstance(error, EOFError) or "truncated" in str(error):
+        return "truncated or corrupt (the pickle data ends early)"
+    return f"not readable as weights ({_first_line(error)})"
+
+
+def _check_file(path: str) -> None:
+    """A local path that is no file, or an empty one, raises :class:`CheckpointError`."""
+    if not os.path.exists(path):
+        raise CheckpointError(path, "no such file")
+    if not os.path.isfile(path):
+        raise CheckpointError(path, "not a file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(path, "empty file (0 bytes)")
+
+
 def restricted_pickle_load(path: str, trusted: bool = False) -> Any:
     """Unpickle the file ``path`` with :class:`_RestrictedUnpickler` (``pickle`` if trusted)."""
     with PathManager.open(path, "rb") as f:
@@ -115,7 +169,7 @@ def _torch_load(path: str, trusted: bool) -> Any:
     try:
         with PathManager.open(path, "rb") as f:
             return torch.load(f, map_location="cpu", weights_only=not trusted)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         if trusted:
             raise
         try:
@@ -123,14 +177,14 @@ def _torch_load(path: str, trusted: bool) -> Any:
         except Exception:  # not a zip checkpoint: torch's message says what it found
             refused = []
         if not refused:
-            raise pickle.UnpicklingError(f"Cannot load {path}: {str(e).splitlines()[0]}") from e
+            raise
         raise UntrustedCheckpointError(path, ", ".join(refused)) from None
 
 
 def _detectron2_pkl_layout(data: Any, path: str) -> Dict:
     """Detectron2's reading of a .pkl: model-zoo format, or Caffe2/Detectron1 blobs."""
     if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a {type(data).__name__}, not a dict of weights")
+        raise CheckpointError(path, f"not a checkpoint (holds a {type(data).__name__}, not a dict)")
     if "model" in data and "__author__" in data:
         logger.info("Reading a file from '%s'", data["__author__"])
         return data
@@ -149,14 +203,30 @@ def load_checkpoint_file(path: str, trusted: Optional[bool] = None) -> Dict:
         trusted: allow full unpickling; default: :func:`checkpoints_trusted`.
     Raises:
         UntrustedCheckpointError: the file needs a global beyond plain data.
+        CheckpointError: the file is missing, empty, cut short or not a checkpoint.
     """
     trusted = checkpoints_trusted() if trusted is None else trusted
+    local = os.path.isfile(path) or "://" not in path
+    if local:
+        _check_file(path)
+    try:
+        return _read_checkpoint(path, trusted)
+    except (UntrustedCheckpointError, CheckpointError):
+        raise
+    except Exception as e:  # zipfile/PytorchStreamReader, pickle, EOF, KeyError of torch.load...
+        if not local:
+            raise CheckpointError(path, f"unreadable ({_first_line(e)})") from e
+        raise CheckpointError(path, _unreadable_reason(path, e)) from e
+
+
+def _read_checkpoint(path: str, trusted: bool) -> Dict:
+    """:func:`load_checkpoint_file` without the translation of low-level errors."""
     if path.endswith(".pkl"):
         return _detectron2_pkl_layout(restricted_pickle_load(path, trusted), path)
     loaded = _torch_load(path, trusted)
     if path.endswith(".pyth"):  # pycls
         if not isinstance(loaded, dict) or "model_state" not in loaded:
-            raise ValueError(f"Cannot load .pyth file {path}: pycls checkpoints hold 'model_state'")
+            raise CheckpointError(path, "not a pycls checkpoint (no 'model_state')")
         state = {
             k: v for k, v in loaded["model_state"].items() if not k.endswith("num_batches_tracked")
         }

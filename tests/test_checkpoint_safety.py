@@ -230,8 +230,8 @@ def test_names_stay_importable_from_their_old_modules():
         + ["regroup_optimizer_state", "fit_scheduler_state", "follow_scheduler"],
     }
     moved = {name: getattr(home, name) for home, names in homes.items() for name in names}
-    assert len(moved) == 17 and set(moved) <= set(checkpoint.__all__)
+    assert len(moved) == 18 and set(moved) <= set(checkpoint.__all__)
     for name, value in moved.items():
         assert getattr(checkpoint, name) is value, name
-    assert len(safe_loading.__all__) == 6
+    assert len(safe_loading.__all__) == 7  # CheckpointError added by issue 22
     assert "install_safe_loading" in safe_loading.__all__

@@ -6,12 +6,15 @@ Checkpoints, each job in its own module:
   writes, ``last_checkpoint`` trusted only if it names a complete file);
 * :mod:`mask_former.checkpoint.resume`: resuming training, also from output directories of the
   original MaskFormer, through a plain :class:`ResumeState`;
+* :mod:`mask_former.checkpoint.weights`: loading MODEL.WEIGHTS for inference or training, and
+  checking that they fit the model (:func:`load_model_weights`);
+* :mod:`mask_former.checkpoint.metadata`: the class names saved inside checkpoints;
 * :mod:`mask_former.modeling.checkpoint_layout`: the pixel-decoder key layout of the heads and the
   upgrade of model-zoo files on load;
 * :mod:`mask_former.safe_loading`: reading checkpoint files without running code from them
   (``import mask_former`` installs it into ``DetectionCheckpointer``).
 
-The public names of all four are importable from here.
+The public names of all six are importable from here.
 """
 
 from ..modeling.checkpoint_layout import (
@@ -22,6 +25,7 @@ from ..modeling.checkpoint_layout import (
 )
 from ..safe_loading import (
     TRUST_ENV,
+    CheckpointError,
     UntrustedCheckpointError,
     checkpoints_trusted,
     install_safe_loading,
@@ -29,6 +33,7 @@ from ..safe_loading import (
     restricted_pickle_load,
 )
 from .files import AtomicCheckpointer, is_partial_checkpoint
+from .metadata import METADATA_KEY, checkpoint_metadata, dataset_metadata
 from .resume import (
     ResumeState,
     TrainingCheckpointer,
@@ -39,9 +44,17 @@ from .resume import (
     regroup_optimizer_state,
     saved_parameter_order,
 )
+from .weights import LoadedWeights, WeightsMismatchError, load_model_weights
 
 __all__ = [
     "TRUST_ENV",
+    "CheckpointError",
+    "WeightsMismatchError",
+    "LoadedWeights",
+    "load_model_weights",
+    "METADATA_KEY",
+    "checkpoint_metadata",
+    "dataset_metadata",
     "UntrustedCheckpointError",
     "checkpoints_trusted",
     "restricted_pickle_load",
