@@ -20,22 +20,31 @@ README.md, "Interruption and checkpoint safety"):
 
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import mask_former  # noqa: F401  (registers the model, heads, mappers and datasets)
-from mask_former.checkpoint import UntrustedCheckpointError
+from mask_former.checkpoint import (
+    AtomicCheckpointer,
+    CheckpointError,
+    UntrustedCheckpointError,
+    load_model_weights,
+)
 from mask_former.engine import Trainer, launch, runs_on_cpu, setup
 
 
 def evaluate(cfg, args) -> dict:
-    """Evaluate MODEL.WEIGHTS (or OUTPUT_DIR's last checkpoint with --resume) on DATASETS.TEST."""
+    """
+    Evaluate MODEL.WEIGHTS (or OUTPUT_DIR's last checkpoint with --resume) on DATASETS.TEST.
+    The weights must fit the model (mask_former.checkpoint.load_model_weights), unless
+    MODEL.ALLOW_PARTIAL_WEIGHTS.
+    """
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-        cfg.MODEL.WEIGHTS, resume=args.resume
-    )
+    path = cfg.MODEL.WEIGHTS
+    if args.resume:
+        path = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).get_checkpoint_file() or path
+    load_model_weights(model, path, allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS)
     results = Trainer.test(cfg, model)
     if cfg.TEST.AUG.ENABLED:
         results.update(Trainer.test_with_TTA(cfg, model))
@@ -65,7 +74,8 @@ def invoke_main() -> None:
             args=(args,),
             use_cpu=runs_on_cpu(args),
         )
-    except UntrustedCheckpointError as e:  # a refused MODEL.WEIGHTS: one line, status 1
+    except (CheckpointError, UntrustedCheckpointError) as e:
+        # A refused, unreadable or unfitting MODEL.WEIGHTS: one line naming the file, status 1.
         sys.exit(str(e))
 
 

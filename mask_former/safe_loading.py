@@ -85,6 +85,9 @@ class UntrustedCheckpointError(pickle.UnpicklingError):
         )
         self.path, self.refused = path, refused
 
+    def __reduce__(self):  # picklable, so that it crosses process boundaries (launch, workers)
+        return type(self), (self.path, self.refused)
+
 
 class CheckpointError(ValueError):
     """

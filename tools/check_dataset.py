@@ -23,10 +23,7 @@ fine), 1 errors, 2 usage error or unknown dataset.
 
 import argparse
 import difflib
-import importlib
-import importlib.util
 import logging
-import os
 import sys
 from typing import List, Optional, Set
 
@@ -36,6 +33,7 @@ import mask_former  # noqa: F401  (registers the datasets)
 from mask_former.config import load_config
 from mask_former.data.checks import check_num_classes
 from mask_former.data.doctor import ERROR, DatasetReport, check_dataset
+from mask_former.data.user_datasets import import_registration
 
 logger = logging.getLogger("mask_former.check_dataset")
 _DESCRIPTION = """\
@@ -82,30 +80,6 @@ def get_parser() -> argparse.ArgumentParser:
         "--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs"
     )
     return parser
-
-
-def import_registration(target: str) -> None:
-    """
-    Import a module by name (from the current folder too, as ``python -m``) or a .py file.
-    The user's folder (the file's, or the current one for a module name) goes first on
-    ``sys.path``, so that the module imports the modules beside it.
-    """
-    is_file = target.endswith(".py") or os.sep in target
-    if is_file and not os.path.isfile(target):
-        raise FileNotFoundError(f"--register {target!r}: no such file")
-    folder = os.path.dirname(os.path.abspath(target)) if is_file else os.getcwd()
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    if not is_file:
-        importlib.import_module(target)
-        return
-    name = os.path.splitext(os.path.basename(target))[0]
-    spec = importlib.util.spec_from_file_location(name, target)
-    if spec is None:
-        raise ImportError(f"--register {target!r}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
 
 
 def _config_datasets(args: argparse.Namespace):

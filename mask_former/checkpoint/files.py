@@ -13,13 +13,14 @@ removed. It reads files with :func:`mask_former.safe_loading.load_checkpoint_fil
 import logging
 import os
 import zipfile
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..safe_loading import load_checkpoint_file
 from ..utils.atomic_io import atomic_write, remove_stale_temporaries
+from .metadata import METADATA_KEY
 
 __all__ = ["AtomicCheckpointer", "is_partial_checkpoint"]
 
@@ -53,11 +54,20 @@ class AtomicCheckpointer(DetectionCheckpointer):
     :meth:`get_checkpoint_file`); files are read safely (see the module docstring).
     """
 
+    # The class metadata saved in every checkpoint under "metadata" (plain containers, see
+    # mask_former.checkpoint.metadata); the Trainer sets it from its train dataset.
+    metadata: Optional[Dict[str, Any]] = None
+
     def save(self, name: str, **kwargs: Any) -> None:
-        """fvcore's ``save`` (model, checkpointables, ``kwargs``), written atomically."""
+        """
+        fvcore's ``save`` (model, checkpointables, ``kwargs``), written atomically, with
+        :attr:`metadata` under "metadata" when set.
+        """
         if not self.save_dir or not self.save_to_disk:
             return
-        data = {"model": self.model.state_dict()}
+        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        if self.metadata:
+            data[METADATA_KEY] = self.metadata
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)

@@ -10,6 +10,11 @@ each CPU process gets an equal share of the cores as torch threads (unless OMP_N
 and a heartbeat (:mod:`mask_former.engine.watchdog`) ends every process within
 $MASK_FORMER_PEER_TIMEOUT seconds (120) of a peer's death instead of letting it hang.
 With CUDA it simply calls detectron2's ``launch``.
+
+A checkpoint error in a CPU process (:class:`mask_former.checkpoint.CheckpointError` or
+:class:`~mask_former.checkpoint.UntrustedCheckpointError`: an unreadable, refused or unfitting
+MODEL.WEIGHTS) ends it quietly and is raised again by ``launch`` in the parent, so that the
+caller prints its one line as for a single process.
 """
 
 import logging
@@ -24,7 +29,11 @@ import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
+from ..safe_loading import CheckpointError, UntrustedCheckpointError
 from .watchdog import PeerWatchdog, peer_timeout_from_env
+
+# Errors that a CPU process hands to the parent rather than printing a traceback.
+_HANDED_ERRORS = (CheckpointError, UntrustedCheckpointError)
 
 __all__ = ["launch", "DEFAULT_TIMEOUT"]
 
@@ -94,20 +103,27 @@ def launch(
             raise ValueError("launch: dist_url must be given explicitly for several machines")
         dist_url = _free_local_url()
     logger.info("launching %d CPU processes (gloo) at %s", num_gpus_per_machine, dist_url)
-    mp.spawn(
-        _cpu_worker,
-        nprocs=num_gpus_per_machine,
-        args=(
-            main_func,
-            world_size,
-            num_gpus_per_machine,
-            machine_rank,
-            dist_url,
-            tuple(args),
-            timeout,
-        ),
-        daemon=False,
-    )
+    handed = mp.get_context("spawn").SimpleQueue()
+    try:
+        mp.spawn(
+            _cpu_worker,
+            nprocs=num_gpus_per_machine,
+            args=(
+                main_func,
+                world_size,
+                num_gpus_per_machine,
+                machine_rank,
+                dist_url,
+                tuple(args),
+                timeout,
+                handed,
+            ),
+            daemon=False,
+        )
+    except mp.ProcessExitedException:
+        if not handed.empty():
+            raise handed.get() from None
+        raise
 
 
 def _cpu_worker(
@@ -119,6 +135,7 @@ def _cpu_worker(
     dist_url: str,
     args: tuple,
     timeout: timedelta,
+    handed: Any = None,
 ) -> None:
     global_rank = machine_rank * procs_per_machine + local_rank
     if "OMP_NUM_THREADS" not in os.environ:
@@ -143,6 +160,10 @@ def _cpu_worker(
         if watchdog is not None:
             watchdog.closing = True
         comm.synchronize()  # no process leaves (and takes the store down) before all are done
+    except _HANDED_ERRORS as e:  # raised again by launch in the parent: no traceback here
+        if handed is not None:
+            handed.put(e)
+        raise SystemExit(1) from None
     finally:
         if watchdog is not None:
             watchdog.stop()

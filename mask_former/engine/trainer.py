@@ -34,12 +34,14 @@ from detectron2.utils.events import (
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
+from ..checkpoint.metadata import dataset_metadata
 from ..checkpoint.resume import (
     ResumeState,
     TrainingCheckpointer,
     fit_training_state,
     follow_scheduler,
 )
+from ..checkpoint.weights import load_model_weights
 from ..data.samplers import ResumableTrainingSampler, aspect_ratio_groups
 from ..utils import cpu as cpu_utils
 from .evaluation import build_evaluator
@@ -258,6 +260,8 @@ class Trainer(DefaultTrainer):
         # The trainer is the checkpointable "trainer" for saving (state_dict) only: resuming goes
         # through TrainingCheckpointer.resume and _apply_resume_state.
         self.checkpointer = TrainingCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # The class names travel with the weights (mask_former.checkpoint.metadata).
+        self.checkpointer.metadata = dataset_metadata(next(iter(cfg.DATASETS.TRAIN), None))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         # Resumed recent values of each scalar, for the EventStorage that train() opens.
@@ -307,13 +311,15 @@ class Trainer(DefaultTrainer):
         """
         With ``resume`` and a complete checkpoint in OUTPUT_DIR: its weights and training state
         (see :meth:`mask_former.checkpoint.TrainingCheckpointer.resume`), applied by
-        :meth:`_apply_resume_state`; otherwise the weights of MODEL.WEIGHTS, from iteration 0.
+        :meth:`_apply_resume_state`; otherwise the weights of MODEL.WEIGHTS, from iteration 0
+        (:func:`mask_former.checkpoint.load_model_weights` with fine-tuning rules: a partial
+        load is logged as "loaded N of M parameters from FILE"; one that fits nothing raises).
         With ``resume``, ``metrics.json`` loses the lines of the iterations that run again.
         """
         state = self.checkpointer.resume(self.optimizer, self.scheduler) if resume else None
         self._history_to_restore = {}
         if state is None:
-            self.checkpointer.load(self.cfg.MODEL.WEIGHTS, checkpointables=[])
+            load_model_weights(self.checkpointer.model, self.cfg.MODEL.WEIGHTS, for_training=True)
         else:
             self._apply_resume_state(state)
         if resume:

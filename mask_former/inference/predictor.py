@@ -21,12 +21,12 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from PIL import Image
 
+from ..checkpoint.weights import LoadedWeights, load_model_weights
 from ..config import load_config
 from ..data import io
 from ..modeling import MaskFormer
@@ -130,12 +130,22 @@ class Predictor:
         Args:
             config: a config file or a CfgNode, built with :func:`mask_former.load_config`
                 (then ``opts``, ``weights``, ``device``; CUDA falls back to the CPU).
-            weights: a checkpoint (.pth, .pkl, detectron2:// or URL), loaded with detectron2's
-                DetectionCheckpointer; None: the config's MODEL.WEIGHTS.
+            weights: a checkpoint (.pth, .pkl, detectron2:// or URL), loaded with
+                :func:`mask_former.checkpoint.load_model_weights`: it must give every parameter
+                of the model a value of its shape, unless MODEL.ALLOW_PARTIAL_WEIGHTS; None:
+                the config's MODEL.WEIGHTS; "": random weights (with a warning).
             opts: config overrides as KEY VALUE pairs, e.g. ("MODEL.MASK_FORMER.TEST.
                 OBJECT_MASK_THRESHOLD", "0.5").
             device: "cpu", "cuda", "cuda:1", ...; None: the config's MODEL.DEVICE.
             batch_size: the most images per model call.
+
+        Raises:
+            mask_former.checkpoint.CheckpointError: the weights file is missing, unreadable
+                or not a checkpoint; :class:`~mask_former.checkpoint.WeightsMismatchError`
+                (a subclass) when its weights do not fit the model. The message names the file.
+            ValueError: the class names (see :func:`~.results.class_metadata`: the registered
+                test dataset's, else the checkpoint's, else generic ones with a warning) are
+                not MODEL.SEM_SEG_HEAD.NUM_CLASSES many.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -145,10 +155,13 @@ class Predictor:
             raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {self.input_format!r}")
         self.model = build_model(self.cfg)
         self.model.eval()
-        DetectionCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
+        self.weights: Optional[LoadedWeights] = load_model_weights(
+            self.model, self.cfg.MODEL.WEIGHTS, allow_partial=self.cfg.MODEL.ALLOW_PARTIAL_WEIGHTS
+        )
         min_size, max_size = self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
         self.resize = T.ResizeShortestEdge([min_size, min_size], max_size)
-        self.metadata = class_metadata(self.cfg)
+        saved = self.weights.metadata if self.weights is not None else None
+        self.metadata = class_metadata(self.cfg, saved, self.cfg.MODEL.WEIGHTS)
         self.batch_size = batch_size
 
     @property

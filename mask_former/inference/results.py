@@ -13,8 +13,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import Metadata, MetadataCatalog
+from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.structures import Instances
+
+from ..data.checks import NUM_CLASSES_KEY, check_num_classes
 
 __all__ = ["Prediction", "Segment", "class_metadata", "segments_of"]
 
@@ -135,20 +137,62 @@ def segments_of(
     return segments
 
 
-def class_metadata(cfg: CfgNode) -> Metadata:
-    """
-    The metadata that names (and colours) the classes: that of the config's first test set;
-    when that set is not registered or names no classes (a warning says so), generic names
-    "class 0", "class 1", ... for MODEL.SEM_SEG_HEAD.NUM_CLASSES classes, so that any model
-    can still be named and drawn.
-    """
-    if len(cfg.DATASETS.TEST):
-        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        if metadata.get("stuff_classes") is not None:
-            return metadata
-        logger.warning(
-            "Dataset %s has no class names in its metadata: using generic names.",
-            cfg.DATASETS.TEST[0],
+def _test_dataset_metadata(cfg: CfgNode) -> Optional[Metadata]:
+    """The metadata of DATASETS.TEST[0] if it is registered and names classes, else None."""
+    if not len(cfg.DATASETS.TEST):
+        return None
+    name = cfg.DATASETS.TEST[0]
+    if name not in MetadataCatalog.list() and name not in DatasetCatalog.list():
+        return None
+    metadata = MetadataCatalog.get(name)
+    if metadata.get("stuff_classes") is None:
+        logger.warning("Dataset %s has no class names in its metadata", name)
+        return None
+    check_num_classes(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, [name])
+    return metadata
+
+
+def _saved_metadata(cfg: CfgNode, saved: Dict[str, Any], source: str) -> Metadata:
+    """Metadata from the class metadata saved in a checkpoint; its class count must fit."""
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    names = list(saved["stuff_classes"])
+    if len(names) != num_classes:
+        raise ValueError(
+            f"{NUM_CLASSES_KEY} is {num_classes} but the checkpoint {source} names "
+            f"{len(names)} classes: the model does not match its class names. "
+            f"Set {NUM_CLASSES_KEY} {len(names)}."
         )
+    fields = {"thing_classes": names, **saved}
+    return Metadata(name="__checkpoint_classes").set(**fields)
+
+
+def class_metadata(
+    cfg: CfgNode, saved: Optional[Dict[str, Any]] = None, source: str = ""
+) -> Metadata:
+    """
+    The metadata that names (and colours) the classes, in this order of precedence:
+
+    1. that of the config's first test set (DATASETS.TEST[0]), when it is registered in this
+       process and names classes (``demo.py --register`` registers a user's datasets);
+    2. the class metadata saved in the checkpoint (``saved``: ``LoadedWeights.metadata``, see
+       :mod:`mask_former.checkpoint.metadata`; ``source``: the file, for messages);
+    3. generic names "class 0", "class 1", ... for MODEL.SEM_SEG_HEAD.NUM_CLASSES classes, with
+       a warning, so that any model can still be named and drawn.
+
+    Raises:
+        ValueError: the chosen class names are not MODEL.SEM_SEG_HEAD.NUM_CLASSES many (the
+            message names both counts).
+    """
+    metadata = _test_dataset_metadata(cfg)
+    if metadata is not None:
+        return metadata
+    if saved and saved.get("stuff_classes") is not None:
+        return _saved_metadata(cfg, saved, source)
+    test = f"{cfg.DATASETS.TEST[0]!r}" if len(cfg.DATASETS.TEST) else "(none)"
+    logger.warning(
+        "No class names for the model: its test dataset %s is not registered in this process "
+        "(see --register) and its checkpoint holds none; using generic names 'class 0', ...",
+        test,
+    )
     names = [f"class {i}" for i in range(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)]
     return Metadata(name="__generic_classes").set(stuff_classes=names, thing_classes=names)
