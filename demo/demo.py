@@ -38,9 +38,10 @@ from detectron2.utils.visualizer import VisImage
 from PIL import Image
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mask_former.checkpoint import UntrustedCheckpointError
+from mask_former.checkpoint import CheckpointError, UntrustedCheckpointError
 from mask_former.config import load_config
 from mask_former.data.io import IMAGE_EXTENSIONS, UnreadableImageError, list_images, read_image
+from mask_former.data.user_datasets import import_registration
 from mask_former.inference import Prediction
 from mask_former.inference.drawing import PredictionVisualizer
 from mask_former.utils import atomic_output_path
@@ -110,6 +111,16 @@ def get_parser() -> argparse.ArgumentParser:
         help="run the model in worker processes while this one reads and draws (for videos "
         "and many images): N workers, each with 1/N of the CPU threads (OMP_NUM_THREADS, else "
         "the cores); without N, one per GPU with CUDA, else 2",
+    )
+    parser.add_argument(
+        "--register",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="a Python module (my_project.datasets) or file (my_datasets.py) that registers "
+        "datasets, imported first, so that the config's test dataset names the classes; may be "
+        "repeated. Class names come from the registered test dataset, else from the checkpoint, "
+        "else generic names 'class 0', ... (with a warning)",
     )
     parser.add_argument(
         "--opts",
@@ -366,7 +377,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     logger.info("Arguments: %s", args)
     try:
         paths = expand_inputs(args.input) if args.input else []
-    except FileNotFoundError as e:
+        for target in args.register:
+            import_registration(target)
+    except (FileNotFoundError, ImportError) as e:
         parser.error(str(e))
     try:
         cfg = setup_cfg(args)
@@ -375,9 +388,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     threshold = args.confidence_threshold if args.confidence_threshold is not None else 0.0
     parallel = True if args.parallel == 0 else (args.parallel or False)
     try:
-        with PredictionVisualizer(cfg, parallel=parallel, instance_threshold=threshold) as demo:
+        demo = PredictionVisualizer(cfg, parallel=parallel, instance_threshold=threshold)
+    except ValueError as e:  # CheckpointError, or class names that do not fit the model
+        logger.error("%s", e)
+        return 1
+    except UntrustedCheckpointError as e:  # a refused MODEL.WEIGHTS: one line
+        logger.error("%s", e)
+        return 1
+    try:
+        with demo:
             return _run(demo, args, paths)
-    except (DemoError, UntrustedCheckpointError) as e:  # a refused MODEL.WEIGHTS: one line
+    except (DemoError, CheckpointError) as e:
         logger.error("%s", e)
         return 1
 

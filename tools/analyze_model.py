@@ -26,7 +26,6 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
 from detectron2.modeling import build_model
@@ -39,7 +38,7 @@ from fvcore.nn import (
 )
 from torch import nn
 
-from mask_former.checkpoint import UntrustedCheckpointError
+from mask_former.checkpoint import CheckpointError, UntrustedCheckpointError, load_model_weights
 from mask_former.config import load_config
 
 logger = logging.getLogger("mask_former.analyze_model")
@@ -151,8 +150,8 @@ def _summarize(name: str, unit: str, analyses: Sequence, scale: float) -> str:
 def analyze(cfg: CfgNode, tasks: Sequence[str], num_inputs: int, fixed_input_size: bool) -> str:
     """Run the requested analyses on the model of ``cfg``; return the report text."""
     model = build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    if cfg.MODEL.WEIGHTS:  # the counts do not depend on the weights: none is fine here
+        load_model_weights(model, cfg.MODEL.WEIGHTS, allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS)
     model.eval()
     reports = []
     for task in tasks:
@@ -248,5 +247,6 @@ def main(argv: Optional[List[str]] = None) -> str:
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except UntrustedCheckpointError as e:  # a refused MODEL.WEIGHTS: one line, status 1
+    except (CheckpointError, UntrustedCheckpointError) as e:
+        # A refused, unreadable or unfitting MODEL.WEIGHTS: one line naming the file, status 1.
         sys.exit(str(e))

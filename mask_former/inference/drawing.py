@@ -27,7 +27,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
 from .predictor import Predictor
-from .results import Prediction, class_metadata
+from .results import Prediction
 from .workers import ParallelPredictor, default_num_workers
 
 __all__ = ["PredictionVisualizer", "draw_frame", "draw_prediction"]
@@ -112,8 +112,9 @@ Predicting = Union[Predictor, ParallelPredictor]
 class PredictionVisualizer:
     """
     A :class:`~.predictor.Predictor` of a config, in this process or in worker processes,
-    plus the class names and colours of :func:`~.results.class_metadata`, drawing what it
-    predicts. Call :meth:`close` (or use it in a ``with`` block) to stop the workers.
+    plus the class names and colours of its predictor (:func:`~.results.class_metadata`),
+    drawing what it predicts. Call :meth:`close` (or use it in a ``with`` block) to stop the
+    workers.
     """
 
     def __init__(
@@ -131,7 +132,6 @@ class PredictionVisualizer:
                 one per GPU with CUDA, else 2; N: in N worker processes.
             instance_threshold: instances scoring below this are not drawn.
         """
-        self.metadata: Metadata = class_metadata(cfg)
         self.instance_mode = instance_mode
         self.instance_threshold = instance_threshold
         if parallel is True:
@@ -140,6 +140,8 @@ class PredictionVisualizer:
         self.predictor: Predicting = (
             ParallelPredictor(cfg, int(parallel)) if parallel else Predictor(cfg, batch_size=1)
         )
+        # The predictor's class names: the test dataset's, the checkpoint's, or generic ones.
+        self.metadata: Metadata = self.predictor.metadata
 
     def close(self) -> None:
         """Stop the worker processes, if any."""

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 from detectron2.config import CfgNode
+from detectron2.data import Metadata
 
+from ..safe_loading import CheckpointError, UntrustedCheckpointError
 from .results import Prediction
 
 __all__ = ["ParallelPredictor", "WorkerError", "default_num_workers", "worker_configs"]
@@ -65,10 +67,13 @@ def _work(cfg: CfgNode, num_threads: int, tasks: Any, results: Any) -> None:
         from .predictor import Predictor
 
         predictor = Predictor(cfg, batch_size=1)
+    except (CheckpointError, UntrustedCheckpointError) as e:  # one line, raised again by the pool
+        results.put((_READY, None, e))
+        return
     except Exception:
         results.put((_READY, None, traceback.format_exc()))
         return
-    results.put((_READY, None, None))
+    results.put((_READY, predictor.metadata.as_dict(), None))
     try:
         for index, image, channel_order in iter(tasks.get, None):
             try:
@@ -92,7 +97,8 @@ class ParallelPredictor:
     def __init__(self, cfg: CfgNode, num_workers: int):
         """
         Args:
-            cfg: the config of the model (MODEL.WEIGHTS is loaded by each worker).
+            cfg: the config of the model (MODEL.WEIGHTS is loaded by each worker; the class
+                metadata, ``metadata``, is that of the workers' Predictors).
             num_workers: how many processes. Each gets an equal share (at least one) of this
                 process's intra-op threads (``torch.get_num_threads()``: OMP_NUM_THREADS, else
                 the physical cores); with CUDA they go round-robin over the GPUs.
@@ -103,6 +109,7 @@ class ParallelPredictor:
         self._tasks = context.Queue()
         self._results = context.Queue()
         self._finished: Dict[int, Union[Prediction, str]] = {}  # a result or an error
+        self.metadata = Metadata(name="__not_ready")
         self._num_put = 0
         self._num_got = 0
         self._num_received = 0  # results (or errors) that came back, discarded ones included
@@ -198,11 +205,15 @@ class ParallelPredictor:
 
     def _wait_until_ready(self) -> None:
         for _ in self._workers:
-            index, _, error = self._receive()
+            index, metadata, error = self._receive()
+            if isinstance(error, Exception):  # a checkpoint error: its one line is the message
+                raise error
             if error is not None:
                 raise WorkerError(f"An inference worker could not build the model:\n{error}")
             if index != _READY:
                 raise WorkerError(f"An inference worker answered {index} before it was ready")
+            name = metadata.pop("name", "__worker_classes")
+            self.metadata = Metadata(name=name).set(**metadata)
 
     def shutdown(self) -> None:
         """
