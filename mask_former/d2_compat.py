@@ -10,10 +10,19 @@ and Pillow < 10. Three gaps follow, each bridged here only where it exists:
    (``detectron2.layers`` imports it at import time); calling any compiled op raises a
    ``RuntimeError`` that names the op. Where a compiled ``_C`` can be found, it is used and
    nothing below is applied.
-2. NumPy >= 1.24 removed the aliases ``np.int``, ``np.float``, ``np.bool``, ``np.object`` that
-   detectron2 0.6 uses at run time: restored, only if missing.
+2. NumPy >= 1.24 removed the aliases ``np.int``, ``np.float``, ``np.bool``, ``np.object``,
+   ``np.str`` that detectron2 0.6 uses at run time: restored, only if missing (NumPy 2 brought
+   ``np.bool`` back as ``np.bool_``, which detectron2's uses accept, so it is left alone there).
 3. Pillow >= 10 removed ``Image.LINEAR`` that detectron2 0.6 uses as a default argument at import
    time: restored, only if missing.
+
+Independently of the compiled extension, two modules that detectron2 0.6 imports script functions
+with ``torch.jit.script`` at import time, which torch >= 2.10 answers with a ``FutureWarning``
+(``torch.jit.script`` is deprecated) that no user of this project can act on:
+``detectron2.modeling.box_regression`` (two functions) and ``fvcore.nn.focal_loss`` (two, imported
+by ``detectron2.engine``). Exactly that warning is ignored while exactly those modules execute
+(:data:`QUIET_IMPORTS`); every other warning, and the same warning from any other code, is shown
+as usual.
 
 The bridge is an import hook (a :class:`importlib.abc.MetaPathFinder`), so it works whichever is
 imported first, ``mask_former`` or ``detectron2``: ``mask_former/__init__.py`` installs it, and
@@ -32,14 +41,23 @@ import importlib.util
 import logging
 import sys
 import types
-from typing import List, Optional, Sequence
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["install", "MissingCompiledOpError", "patched", "NUMPY_ALIASES"]
+__all__ = ["install", "MissingCompiledOpError", "patched", "NUMPY_ALIASES", "QUIET_IMPORTS"]
 
 logger = logging.getLogger(__name__)
 
 # NumPy aliases removed in 1.24 and the builtins they stood for.
-NUMPY_ALIASES = {"int": int, "float": float, "bool": bool, "object": object}
+NUMPY_ALIASES = {"int": int, "float": float, "bool": bool, "object": object, "str": str}
+
+# Module -> (warning category, regular expression the message starts with): warnings a dependency
+# raises while that module executes at import time, ignored there only.
+_JIT_SCRIPT_DEPRECATED = (FutureWarning, r"`torch\.jit\.script` is deprecated")
+QUIET_IMPORTS: Dict[str, Tuple[type, str]] = {
+    "detectron2.modeling.box_regression": _JIT_SCRIPT_DEPRECATED,
+    "fvcore.nn.focal_loss": _JIT_SCRIPT_DEPRECATED,
+}
 
 # What this module changed in the running interpreter (for tests and debugging).
 patched: List[str] = []
@@ -111,7 +129,29 @@ class _Detectron2CompatFinder(importlib.abc.MetaPathFinder):
                 return None
             _record("detectron2._C stand-in")
             return importlib.machinery.ModuleSpec(fullname, _StandInLoader())
+        if fullname in QUIET_IMPORTS:
+            spec = self._find_elsewhere(fullname, path)
+            if spec is not None and spec.loader is not None:
+                _quieten(spec.loader, fullname)
+            return spec
         return None
+
+
+def _quieten(loader: importlib.abc.Loader, fullname: str) -> None:
+    """
+    Make this one loader instance (created for this one import) execute its module with the
+    known warning of :data:`QUIET_IMPORTS` ignored; the module keeps its own loader.
+    """
+    category, message = QUIET_IMPORTS[fullname]
+    exec_module = loader.exec_module
+
+    def quiet_exec_module(module):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=message, category=category)
+            exec_module(module)
+
+    loader.exec_module = quiet_exec_module
+    _record(f"{fullname}: {category.__name__} '{message}' ignored while it is imported")
 
 
 def _record(what: str) -> None:

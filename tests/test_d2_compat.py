@@ -4,6 +4,7 @@ The detectron2 compatibility bridge (mask_former/d2_compat.py). Each case runs i
 interpreter, since what it checks happens at import time.
 """
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -132,3 +133,57 @@ def test_install_is_idempotent():
         """
     )
     assert out.strip() == "1"
+
+
+def _run_warnings_always(code: str, tmp_path) -> subprocess.CompletedProcess:
+    # -W always: every warning is printed, each time; the user module is a file so that
+    # torch.jit.script can read its source.
+    (tmp_path / "user_module.py").write_text(
+        "import torch\n\n\n@torch.jit.script\ndef double(x: int) -> int:\n    return 2 * x\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", textwrap.dedent(code)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+_JIT_WARNING = "FutureWarning: `torch.jit.script` is deprecated"
+
+
+def test_known_import_time_warnings_are_ignored_only_where_they_come_from(tmp_path):
+    proc = _run_warnings_always(
+        """
+        import mask_former
+        import detectron2.engine, detectron2.modeling  # fvcore.nn.focal_loss, box_regression
+        import warnings
+        warnings.warn("a warning of the user's own", FutureWarning)
+        import user_module  # the same torch warning from any other module is still shown
+        print(user_module.double(3), sorted(p.split(":")[0] for p in mask_former.d2_compat.patched
+                                            if "ignored" in p))
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.strip()
+    assert out == "6 ['detectron2.modeling.box_regression', 'fvcore.nn.focal_loss']", out
+    assert proc.stderr.count(_JIT_WARNING) == 1, proc.stderr  # the user module's one
+    assert "FutureWarning: a warning of the user's own" in proc.stderr
+
+
+def test_without_quiet_imports_detectron2_imports_warn(tmp_path):
+    # Proves the test above exercises the bridge: with its list of quiet imports emptied, the
+    # dependencies raise the warning (two scripted functions in each module).
+    proc = _run_warnings_always(
+        """
+        import sys
+        sys.modules["mask_former.d2_compat"].QUIET_IMPORTS.clear()
+        import detectron2.engine, detectron2.modeling
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count(_JIT_WARNING) >= 4, proc.stderr

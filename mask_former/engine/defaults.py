@@ -2,7 +2,9 @@
 """``setup``: the config of a ``train_net.py`` run, from its command-line arguments."""
 
 import argparse
+import importlib.util
 import os
+import sys
 
 import torch
 from detectron2.config import CfgNode
@@ -34,13 +36,72 @@ def runs_on_cpu(args: argparse.Namespace) -> bool:
     return build_cfg(args).MODEL.DEVICE == "cpu" or not torch.cuda.is_available()
 
 
-def _environment_info() -> str:
+def _has_compiled_detectron2() -> bool:
+    # mask_former.d2_compat's stand-in for a missing detectron2._C has no origin (file).
     try:
-        return collect_env_info()
-    except RuntimeError as e:
-        # detectron2 0.6's collect_env_info queries compiled ops (compiler and CUDA versions of
-        # detectron2._C), which a pure-Python detectron2 does not have.
-        return f"(not collected: {e})"
+        spec = importlib.util.find_spec("detectron2._C")
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and spec.origin is not None
+
+
+def _version_at(module) -> str:
+    return f"{getattr(module, '__version__', 'unknown')} @{os.path.dirname(module.__file__)}"
+
+
+def _basic_environment_info() -> str:
+    """The rows of detectron2's ``collect_env_info`` needing neither compiled ops nor CUDA_HOME."""
+    import cv2
+    import detectron2
+    import fvcore
+    import iopath
+    import numpy as np
+    import PIL
+    import torchvision
+    from tabulate import tabulate
+
+    compiled = _has_compiled_detectron2()
+    rows = [
+        ("sys.platform", sys.platform),
+        ("Python", sys.version.replace("\n", "")),
+        ("numpy", np.__version__),
+        ("detectron2", _version_at(detectron2)),
+        ("detectron2._C", "compiled" if compiled else "not installed (compiled ops unavailable)"),
+        ("PyTorch", _version_at(torch)),
+        ("PyTorch debug build", torch.version.debug),
+    ]
+    if torch.cuda.is_available():
+        rows.append(("GPU available", "Yes"))
+        for k in range(torch.cuda.device_count()):
+            cap = ".".join(str(x) for x in torch.cuda.get_device_capability(k))
+            rows.append((f"GPU {k}", f"{torch.cuda.get_device_name(k)} (arch={cap})"))
+    else:
+        rows.append(("GPU available", "No: torch.cuda.is_available() == False"))
+    rows += [
+        ("Pillow", PIL.__version__),
+        ("torchvision", _version_at(torchvision)),
+        ("fvcore", fvcore.__version__),
+        ("iopath", iopath.__version__),
+        ("cv2", cv2.__version__),
+    ]
+    return tabulate(rows) + "\n" + torch.__config__.show()
+
+
+def _environment_info() -> str:
+    """
+    The environment table logged at the start of a run. detectron2's ``collect_env_info`` is used
+    where it works and stays quiet: a compiled detectron2 on a machine with CUDA. Elsewhere it
+    fails (detectron2 0.6 asks compiled ops for their compiler and CUDA versions) or, by importing
+    ``torch.utils.cpp_extension`` to read CUDA_HOME, makes torch log "No CUDA runtime is found,
+    using CUDA_HOME=..." on a machine without CUDA although CUDA_HOME is then never reported; the
+    same table is built here without those parts (:func:`_basic_environment_info`).
+    """
+    if torch.cuda.is_available() and _has_compiled_detectron2():
+        try:
+            return collect_env_info()
+        except RuntimeError as e:
+            return f"(not collected: {e})\n{_basic_environment_info()}"
+    return _basic_environment_info()
 
 
 def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
