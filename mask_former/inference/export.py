@@ -13,27 +13,33 @@ Shape shorthand in this module: H, W image height and width.
 """
 
 import contextlib
+import importlib
 import logging
+import operator
 import os
 import time
 import warnings
 from types import ModuleType
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
+from ..checkpoint import load_model_weights
 from ..modeling.meta_arch import MaskFormer
 from ..utils import atomic_output_path
 from .exportable import ExportableMaskFormer, last_layer_only
 
 if TYPE_CHECKING:  # imported at run time only where needed, see import_onnx_packages
+    import onnx_ir
     import onnxruntime
 
 __all__ = [
+    "DEFAULT_EXPORTER",
+    "DEFAULT_OPSET",
+    "EXPORTERS",
     "MissingPackageError",
     "VERIFY_SIZES",
     "VERIFY_TOLERANCE",
@@ -55,6 +61,11 @@ SAMPLE_SIZE = (200, 300)
 VERIFY_SIZES = ((237, 181), (150, 333))
 # Largest accepted difference between onnxruntime and PyTorch, relative to max(1, max |value|).
 VERIFY_TOLERANCE = 1e-4
+# The ONNX exporters of export_onnx: torch.export-based (the default), TorchScript-based.
+EXPORTERS = ("dynamo", "torchscript")
+DEFAULT_EXPORTER = "dynamo"
+# The torch.export-based exporter's operator library is written for opset 18.
+DEFAULT_OPSET = 18
 
 
 def _is_float(value: torch._C.Value) -> bool:
@@ -96,39 +107,79 @@ def _dynamic_axes(wrapper: ExportableMaskFormer, rank: int) -> Dict[str, Dict[in
     return axes
 
 
-def export_onnx(
-    model: MaskFormer,
-    path: str,
-    *,
-    raw_outputs: bool = False,
-    batched: bool = False,
-    opset: int = 17,
-    sample_size: Sequence[int] = SAMPLE_SIZE,
-) -> ExportableMaskFormer:
+def _floor_division_table() -> Dict[Callable, Callable]:
     """
-    Export ``model``'s inference on one image to an ONNX file with the TorchScript-based
-    exporter (``torch.onnx.export(..., dynamo=False)``), image height and width dynamic.
+    ``custom_translation_table`` of the torch.export-based exporter: Python's ``//`` on sizes
+    (``operator.floordiv`` of SymInts) rounding down. onnxscript's own is a plain integer Div,
+    which truncates and so is right for non-negative operands only; the Swin backbone's
+    padded window grid ``-(-h // s) * s`` divides a negative size.
+    """
+    from onnxscript import INT64
+    from onnxscript import opset18 as op
 
-    Args:
-        model: the MaskFormer to export (any device; its weights are saved in the graph).
-        path: the ONNX file to write.
-        raw_outputs: export (pred_logits, pred_masks) instead of "sem_seg".
-        batched: the graph's input is (1, 3, H, W) instead of (3, H, W).
-        opset: ONNX opset version.
-        sample_size: (H, W) of the random image traced; the graph works for any size.
-    Returns:
-        the exported :class:`ExportableMaskFormer` (in eval mode).
+    def floordiv(a: INT64, b: INT64) -> INT64:
+        # Mod with fmod=0 takes the divisor's sign, so a - a mod b is an exact multiple of b.
+        return op.Div(op.Sub(a, op.Mod(a, b)), b)
+
+    return {operator.floordiv: floordiv}
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[List[warnings.WarningMessage]]:
     """
-    wrapper = ExportableMaskFormer(model, raw_outputs=raw_outputs)
-    shape = (1, 3, *sample_size) if batched else (3, *sample_size)
-    generator = torch.Generator().manual_seed(0)
-    sample = (torch.rand(shape, generator=generator) * 255).to(model.device)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.no_grad())
-        stack.enter_context(last_layer_only(model))
-        stack.enter_context(_floor_division_for_onnx(opset))
-        caught = stack.enter_context(warnings.catch_warnings(record=True))
-        warnings.simplefilter("always")
+    Within the block, no warning reaches the user (they are collected in the list yielded;
+    the caller logs them at debug level) and onnxscript's optimizer logs errors only (it
+    warns about every multi-output op it does not fold).
+    """
+    optimizer_logger = logging.getLogger("onnxscript.optimizer")
+    level = optimizer_logger.level
+    optimizer_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield caught
+    finally:
+        optimizer_logger.setLevel(level)
+
+
+def _export_dynamo(wrapper: ExportableMaskFormer, sample: torch.Tensor, path: str, opset: int):
+    """``torch.onnx.export(..., dynamo=True)``: torch.export with dynamic height and width."""
+    rank = sample.dim()
+    height, width = torch.export.Dim("height", min=1), torch.export.Dim("width", min=1)
+    program = torch.onnx.export(
+        wrapper,
+        (sample,),
+        dynamo=True,
+        opset_version=opset,
+        input_names=["image"],
+        output_names=list(wrapper.output_names),
+        dynamic_shapes={"image": {rank - 2: height, rank - 1: width}},
+        custom_translation_table=_floor_division_table(),
+        verbose=False,
+    )
+    _name_output_axes(program.model, _dynamic_axes(wrapper, rank))
+    program.save(path)
+
+
+def _name_output_axes(model: "onnx_ir.Model", axes: Dict[str, Dict[int, str]]) -> None:
+    """
+    Name the outputs' dynamic axes as the TorchScript exporter does ("height", ...):
+    torch.export writes their formulas, such as ``Min(height, 32*((height + 31)//32))``.
+    """
+    import onnx_ir
+
+    for value in model.graph.outputs:
+        dims = list(value.shape)
+        for axis, name in axes.get(value.name, {}).items():
+            dims[axis] = name
+        value.shape = onnx_ir.Shape(dims)
+
+
+def _export_torchscript(
+    wrapper: ExportableMaskFormer, sample: torch.Tensor, path: str, opset: int
+) -> None:
+    """The deprecated TorchScript-based exporter (``dynamo=False``), ``//`` rounding down."""
+    with _floor_division_for_onnx(opset):
         torch.onnx.export(
             wrapper,
             (sample,),
@@ -137,51 +188,118 @@ def export_onnx(
             opset_version=opset,
             input_names=["image"],
             output_names=list(wrapper.output_names),
-            dynamic_axes=_dynamic_axes(wrapper, len(shape)),
+            dynamic_axes=_dynamic_axes(wrapper, sample.dim()),
         )
-    # The tracer warns where shapes become Python values; none of them varies with the image
-    # size (channel counts, fixed loops), which the export test checks at several sizes.
+
+
+def export_onnx(
+    model: MaskFormer,
+    path: str,
+    *,
+    raw_outputs: bool = False,
+    batched: bool = False,
+    opset: int = DEFAULT_OPSET,
+    sample_size: Sequence[int] = SAMPLE_SIZE,
+    exporter: str = DEFAULT_EXPORTER,
+) -> ExportableMaskFormer:
+    """
+    Export ``model``'s inference on one image to an ONNX file, image height and width dynamic.
+
+    ``exporter`` "dynamo" (the default) is ``torch.onnx.export(..., dynamo=True)``, built on
+    ``torch.export`` (needs onnxscript): height and width are declared with
+    ``torch.export.Dim`` (any size from 1), ``//`` on sizes rounds down
+    (:func:`_floor_division_table`) and the wrapper pads with symbolic sizes
+    (``ExportableMaskFormer.preprocess``). "torchscript" is
+    the deprecated TorchScript-based exporter (``dynamo=False``), kept as a fallback: both
+    export every model here (R50-like ResNet with either pixel decoder, Swin) with the same
+    inputs, outputs and results; the fallback is for a torch or onnxscript version whose
+    torch.export path fails on some model. The exporters' warnings (the TorchScript one's
+    DeprecationWarning included) are logged at debug level, not shown.
+
+    Args:
+        model: the MaskFormer to export (any device; its weights are saved in the graph).
+        path: the ONNX file to write.
+        raw_outputs: export (pred_logits, pred_masks) instead of "sem_seg".
+        batched: the graph's input is (1, 3, H, W) instead of (3, H, W).
+        opset: ONNX opset version.
+        sample_size: (H, W) of the random image traced; the graph works for any size.
+        exporter: "dynamo" or "torchscript" (:data:`EXPORTERS`).
+    Returns:
+        the exported :class:`ExportableMaskFormer` (in eval mode).
+    """
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    wrapper = ExportableMaskFormer(model, raw_outputs=raw_outputs)
+    shape = (1, 3, *sample_size) if batched else (3, *sample_size)
+    generator = torch.Generator().manual_seed(0)
+    sample = (torch.rand(shape, generator=generator) * 255).to(model.device)
+    run = _export_dynamo if exporter == "dynamo" else _export_torchscript
+    with torch.no_grad(), last_layer_only(model), _quiet_export() as caught:
+        run(wrapper, sample, path, opset)
+    # The TorchScript tracer warns where shapes become Python values; none of them varies
+    # with the image size (channel counts, fixed loops), which the export test checks at
+    # several sizes.
     logger.debug(
-        "ONNX export: %d warnings: %s", len(caught), sorted({w.category.__name__ for w in caught})
+        "ONNX export (%s): %d warnings: %s",
+        exporter,
+        len(caught),
+        sorted({w.category.__name__ for w in caught}),
     )
     return wrapper
 
 
 class MissingPackageError(ImportError):
-    """onnx or onnxruntime is not installed."""
+    """onnx, onnxruntime or (for the default exporter) onnxscript is not installed."""
 
 
-def import_onnx_packages() -> Tuple[ModuleType, ModuleType]:
-    """(onnx, onnxruntime), imported here so that the rest of the project never needs them."""
-    modules = []
-    for name in ("onnx", "onnxruntime"):
-        try:
-            modules.append(__import__(name))
-        except ImportError as e:
-            raise MissingPackageError(
-                f"ONNX export needs the '{name}' package, which cannot be imported "
-                f"({e}). Install the interop requirements: pip install -r "
-                "requirements/interop.txt (`make setup` does)."
-            ) from e
-    return modules[0], modules[1]
+def _import(name: str) -> ModuleType:
+    """``import name``, or a :class:`MissingPackageError` that says how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise MissingPackageError(
+            f"ONNX export needs the '{name}' package, which cannot be imported "
+            f"({e}). Install the interop requirements: pip install -r "
+            "requirements/interop.txt (`make setup` does)."
+        ) from e
+
+
+def import_onnx_packages(exporter: Optional[str] = None) -> Tuple[ModuleType, ModuleType]:
+    """
+    (onnx, onnxruntime), imported here so that the rest of the project never needs them;
+    with ``exporter`` "dynamo", onnxscript (the torch.export-based exporter's) too.
+    """
+    modules = _import("onnx"), _import("onnxruntime")
+    if exporter == "dynamo":
+        _import("onnxscript")
+    return modules
 
 
 def load_model(cfg: CfgNode) -> MaskFormer:
-    """Build the model of ``cfg`` in eval mode with MODEL.WEIGHTS (random init if empty)."""
+    """
+    Build the model of ``cfg`` in eval mode with MODEL.WEIGHTS (random init if empty), which
+    must fit the model unless MODEL.ALLOW_PARTIAL_WEIGHTS (``load_model_weights``).
+
+    Raises:
+        mask_former.checkpoint.CheckpointError: unreadable weights, or weights that do not fit.
+        mask_former.checkpoint.UntrustedCheckpointError: a file that needs more than plain data.
+    """
     model = build_model(cfg)
     if not isinstance(model, MaskFormer):
         raise ValueError(
             f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} is not MaskFormer: only "
             "MaskFormer models are exported"
         )
-    if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    else:
-        logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights")
+    load_model_weights(model, cfg.MODEL.WEIGHTS, allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS)
     return model.eval()
 
 
-def graph_metadata(cfg: CfgNode, wrapper: ExportableMaskFormer, batched: bool) -> Dict[str, str]:
+def graph_metadata(
+    cfg: CfgNode,
+    wrapper: ExportableMaskFormer,
+    batched: bool,
+    exporter: str = DEFAULT_EXPORTER,
+) -> Dict[str, str]:
     """What a user of the graph needs to know, stored in the ONNX file's metadata_props."""
     model = wrapper.model
     return {
@@ -191,6 +309,7 @@ def graph_metadata(cfg: CfgNode, wrapper: ExportableMaskFormer, batched: bool) -
         "size_divisibility": str(model.size_divisibility),
         "num_classes": str(model.sem_seg_head.num_classes),
         "weights": cfg.MODEL.WEIGHTS,
+        "exporter": exporter,
     }
 
 
@@ -204,23 +323,33 @@ def _write_metadata(onnx: ModuleType, path: str, entries: Dict[str, str]) -> Non
 
 
 def export(
-    cfg: CfgNode, output: str, *, raw_outputs: bool = False, batched: bool = False, opset: int = 17
+    cfg: CfgNode,
+    output: str,
+    *,
+    raw_outputs: bool = False,
+    batched: bool = False,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = DEFAULT_EXPORTER,
 ) -> ExportableMaskFormer:
     """
-    Export the model of ``cfg`` to ``output`` (written atomically), with its metadata, and
-    check the file with onnx. Returns the exported wrapper (for verification).
+    Export the model of ``cfg`` to ``output`` (written atomically) with ``exporter`` (see
+    :func:`export_onnx`), with its metadata, and check the file with onnx. Returns the
+    exported wrapper (for verification).
     """
-    onnx, _ = import_onnx_packages()
+    onnx, _ = import_onnx_packages(exporter)
     model = load_model(cfg)
     start = time.perf_counter()
     with atomic_output_path(output) as tmp:
-        wrapper = export_onnx(model, tmp, raw_outputs=raw_outputs, batched=batched, opset=opset)
-        _write_metadata(onnx, tmp, graph_metadata(cfg, wrapper, batched))
+        wrapper = export_onnx(
+            model, tmp, raw_outputs=raw_outputs, batched=batched, opset=opset, exporter=exporter
+        )
+        _write_metadata(onnx, tmp, graph_metadata(cfg, wrapper, batched, exporter))
         onnx.checker.check_model(tmp)
     size_mb = os.path.getsize(output) / 2**20
     logger.info(
-        "Exported %s (%.1f MB, outputs %s) in %.1f s",
+        "Exported %s with the %s exporter (%.1f MB, outputs %s) in %.1f s",
         output,
+        exporter,
         size_mb,
         ", ".join(wrapper.output_names),
         time.perf_counter() - start,

@@ -1,11 +1,14 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """
 An export-friendly form of :class:`~mask_former.modeling.MaskFormer` inference: one image
-tensor in, tensors out, every size computed with tensor operations so that a traced graph
+tensor in, tensors out, every size computed from the image's shape so that an exported graph
 (ONNX, :mod:`mask_former.inference.export`) keeps the image height and width dynamic.
 
 The image is prepared by the model's own functions (``MaskFormer.normalize`` and
-``MaskFormer.pad_images``) and run by its backbone and head. The model's inference then groups
+``MaskFormer.pad_images``) and run by its backbone and head. Under ``torch.export`` (the
+default ONNX exporter) the padding is :func:`pad_to_multiple` instead: the same zero padding,
+with the sizes kept symbolic (``pad_images`` puts them in a tensor, whose values
+``torch.export`` cannot reason about). The model's inference then groups
 images, resizes mask logits with separable matrices and computes semantic scores band by band
 with Python loops, to bound memory; here the same math is written as single operations
 (upsample, crop, sigmoid, one matrix product), which holds the Q x H x W mask probabilities at
@@ -32,6 +35,7 @@ from ..modeling.meta_arch import padded_image_size as padded_size
 __all__ = [
     "ExportableMaskFormer",
     "last_layer_only",
+    "pad_to_multiple",
     "padded_size",
     "raw_mask_logits",
     "semantic_scores",
@@ -49,6 +53,17 @@ def raw_mask_logits(
     """
     size = tuple(int(s) for s in image_size)
     return resize_mask_logits(pred_masks, padded_size(size, size_divisibility), size, size)
+
+
+def pad_to_multiple(image: torch.Tensor, size_divisibility: int) -> torch.Tensor:
+    """
+    (3, H, W) -> (1, 3, Hp, Wp): zero padding at the bottom and right to the padded size of
+    :func:`padded_size`, as ``MaskFormer.pad_images`` pads one image. The sizes are those of
+    ``image.shape``, so they stay symbolic (SymInt) under ``torch.export``.
+    """
+    height, width = image.shape[-2:]
+    padded_height, padded_width = padded_size((height, width), size_divisibility)
+    return F.pad(image, (0, padded_width - width, 0, padded_height - height))[None]
 
 
 @contextlib.contextmanager
@@ -102,13 +117,17 @@ class ExportableMaskFormer(nn.Module):
         """
         (3, H, W) or (1, 3, H, W) image, 0..255 in the model's input format -> normalised
         (1, 3, Hp, Wp), zero-padded at the bottom and right: ``MaskFormer.normalize`` and
-        ``MaskFormer.pad_images``, whose sizes stay tensors in a traced graph.
+        ``MaskFormer.pad_images`` (whose sizes stay tensors in a TorchScript trace), or
+        :func:`pad_to_multiple` under ``torch.export``.
         """
         if image.dim() == 3:
             image = image.unsqueeze(0)
         if image.dim() != 4 or image.shape[0] != 1:
             raise ValueError(f"expected one (3, H, W) or (1, 3, H, W) image, got {image.shape}")
-        return self.model.pad_images([self.model.normalize(image[0].float())]).tensor
+        normalized = self.model.normalize(image[0].float())
+        if torch.compiler.is_exporting():
+            return pad_to_multiple(normalized, self.model.size_divisibility)
+        return self.model.pad_images([normalized]).tensor
 
     def network_outputs(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
