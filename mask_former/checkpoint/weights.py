@@ -40,8 +40,10 @@ RANDOM_WEIGHTS_WARNING = (
 )
 # How many names of missing or mismatched parameters a message lists.
 _NAMES_SHOWN = 3
-# Buffers whose absence changes no output (BatchNorm's counter).
+# Buffers that need no value from a checkpoint: BatchNorm's counter changes no output, and
+# detectron2 sets the pixel normalisation from the config (it ignores their absence too).
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
+_IGNORED_NAMES = ("pixel_mean", "pixel_std")
 
 
 class WeightsMismatchError(CheckpointError):
@@ -56,7 +58,8 @@ class LoadedWeights:
     Attributes:
         path: the checkpoint as given.
         loaded: how many of the model's parameters and buffers got a value.
-        total: how many parameters and buffers the model's state dict has.
+        total: how many parameters and buffers of the model's state dict need one (all but
+            BatchNorm's ``num_batches_tracked`` and the config's ``pixel_mean``/``pixel_std``).
         missing: the names of those that the checkpoint lacks.
         unexpected: the names in the checkpoint that the model does not have.
         mismatched: (name, shape in the checkpoint, shape in the model) of those not loaded
@@ -108,16 +111,17 @@ def _load_into(model: nn.Module, path: str) -> Tuple[Any, Dict]:
     return incompatible, checkpoint
 
 
+def _needs_value(name: str) -> bool:
+    """Whether a state-dict entry must come from the checkpoint (see _IGNORED_*)."""
+    return name not in _IGNORED_NAMES and not name.endswith(_IGNORED_SUFFIXES)
+
+
 def _fit(model: nn.Module, path: str, incompatible: Any, checkpoint: Dict) -> LoadedWeights:
-    total = len(model.state_dict())
+    total = sum(_needs_value(k) for k in model.state_dict())
     mismatched = [(k, tuple(a), tuple(b)) for k, a, b in incompatible.incorrect_shapes]
     shapes = {k for k, _, _ in mismatched}
-    missing = [
-        k
-        for k in incompatible.missing_keys
-        if k not in shapes and not k.endswith(_IGNORED_SUFFIXES)
-    ]
-    loaded = total - len(missing) - len(shapes)
+    missing = [k for k in incompatible.missing_keys if k not in shapes and _needs_value(k)]
+    loaded = total - len(missing) - sum(_needs_value(k) for k in shapes)
     metadata = checkpoint_metadata(checkpoint)
     unexpected = list(incompatible.unexpected_keys)
     return LoadedWeights(path, loaded, total, missing, unexpected, mismatched, metadata)
