@@ -249,7 +249,18 @@ def write_json(results: Dict, path: str) -> None:
 
 
 def onnx_table(entries: List[Dict], env: Dict) -> str:
-    """Row 7: ONNX export latency in onnxruntime beside PyTorch's."""
-    rows = [[e["runtime"], "x".join(map(str, e["size"])), fmt_ms(e)] for e in entries]
-    title = "R50 semantic, one image: onnxruntime vs PyTorch (same weights and graph)"
-    return markdown(title, env, ["runtime", "size", "ms median (min-max)"], rows)
+    """
+    Row 7: latency of the ONNX graphs (torch.export-based and TorchScript-based exporters) in
+    onnxruntime beside PyTorch's, with each graph's largest difference from PyTorch; a graph
+    whose export failed is a note under the table.
+    """
+    rows, notes = [], []
+    for e in entries:
+        if "error" in e:
+            notes.append(f"{e['runtime']}: the export failed: {e['error']}")
+            continue
+        diff = f"{e['max_diff']:.1e}" if "max_diff" in e else "-"
+        rows.append([e["runtime"], "x".join(map(str, e["size"])), fmt_ms(e), diff])
+    title = "R50 semantic, one image: onnxruntime vs PyTorch (same weights)"
+    header = ["runtime", "size", "ms median (min-max)", "max diff vs PyTorch (relative)"]
+    return markdown(title, env, header, rows, notes)

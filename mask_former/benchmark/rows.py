@@ -238,27 +238,60 @@ def _timed_inference(model, loader, evaluator, device: str, dtype: str) -> float
     return time.perf_counter() - start
 
 
+# The exporters of the ONNX row, with the names of their rows.
+ONNX_RUNTIMES = (
+    ("dynamo", "onnxruntime (dynamo graph)"),
+    ("torchscript", "onnxruntime (TorchScript graph)"),
+)
+
+
+def _onnx_entry(
+    cfg, exporter: str, runtime: str, size: Tuple[int, int], threads: int, repeats: int, seed: int
+) -> Tuple[Dict, object]:
+    """
+    One onnxruntime row: export ``cfg``'s seeded model with ``exporter``, time the graph and
+    compare it with PyTorch at ``size`` (relative max difference, see ``verify_export``).
+    Returns the entry (with "error" instead of timings if the export fails) and the wrapper.
+    """
+    from mask_former.inference.export import export, onnx_latency, verify_export
+
+    entry: Dict = {"runtime": runtime, "exporter": exporter, "size": list(size)}
+    torch.manual_seed(seed)  # the same weights for every exporter
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        try:
+            wrapper = export(cfg, path, exporter=exporter)
+        except Exception as e:  # noqa: BLE001 - the row reports it, the other graph still runs
+            logger.warning("ONNX export with the %s exporter failed: %s", exporter, e)
+            return {**entry, "error": f"{type(e).__name__}: {e}".splitlines()[0]}, None
+        onnx_s = onnx_latency(path, *size, warmup=2, repeats=repeats, threads=threads, seed=seed)
+        (diff,) = verify_export(path, wrapper, [tuple(size)])
+    return {**entry, **summarize(onnx_s), "max_diff": diff}, wrapper
+
+
 def bench_onnx(
     config: str, size: Tuple[int, int], threads: int, repeats: int, seed: int = 0
 ) -> List[Dict]:
     """
-    Row 7: latency of one image through the ONNX export of ``config`` in onnxruntime (CPU,
-    ``threads`` intra-op threads) beside PyTorch's on the same seeded weights and size.
+    Row 7: latency of one image through the ONNX exports of ``config`` in onnxruntime (CPU,
+    ``threads`` intra-op threads), the torch.export-based ("dynamo") graph and the
+    TorchScript-based one, beside PyTorch's on the same seeded weights and size. Each
+    onnxruntime entry has the graph's largest difference from PyTorch ("max_diff",
+    relative) or, if its export failed, "error".
     """
     # onnx / onnxruntime are imported only when the export is called.
     from mask_former.config import load_config
-    from mask_former.inference.export import export, onnx_latency
 
     cfg = load_config(os.path.join(REPO, config), weights="", device="cpu")  # seeded weights
-    torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        wrapper = export(cfg, path)
-        onnx_s = onnx_latency(path, *size, warmup=2, repeats=repeats, threads=threads, seed=seed)
+    entries, wrappers = [], []
+    for exporter, runtime in ONNX_RUNTIMES:
+        entry, wrapper = _onnx_entry(cfg, exporter, runtime, size, threads, repeats, seed)
+        entries.append(entry)
+        wrappers += [wrapper] if wrapper is not None else []
+    if not wrappers:
+        raise RuntimeError(f"no ONNX exporter could export {config}: {entries}")
     image = torch.rand((3, *size), generator=torch.Generator().manual_seed(seed)) * 255
     with torch.no_grad():
-        torch_s = time_calls(lambda: wrapper(image), warmup=2, repeats=repeats, device="cpu")
-    return [
-        {"runtime": "PyTorch (export wrapper)", "size": list(size), **summarize(torch_s)},
-        {"runtime": "onnxruntime", "size": list(size), **summarize(onnx_s)},
-    ]
+        torch_s = time_calls(lambda: wrappers[0](image), warmup=2, repeats=repeats, device="cpu")
+    pytorch = {"runtime": "PyTorch (export wrapper)", "size": list(size), **summarize(torch_s)}
+    return [pytorch] + entries

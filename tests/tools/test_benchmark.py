@@ -165,10 +165,30 @@ def test_onnx_row_times_the_exported_graph_and_pytorch():
     from mask_former.benchmark import rows
 
     entries = rows.bench_onnx(CONFIG, (64, 64), threads=1, repeats=1)
-    assert [e["runtime"] for e in entries] == ["PyTorch (export wrapper)", "onnxruntime"]
+    assert [e["runtime"] for e in entries] == [
+        "PyTorch (export wrapper)",
+        "onnxruntime (dynamo graph)",
+        "onnxruntime (TorchScript graph)",
+    ]
+    assert [e.get("exporter") for e in entries] == [None, "dynamo", "torchscript"]
     for entry in entries:
+        assert "error" not in entry, entry
         assert entry["size"] == [64, 64] and len(entry["ms"]) == 1 and entry["median_ms"] > 0
+    # Both graphs give the model's results (same seeded weights for both exports).
+    assert all(0 <= e["max_diff"] <= 1e-4 for e in entries[1:])
     env = {**environment("cpu"), "threads": 1, "dtype": "float32"}
     table = report.onnx_table(entries, env)
     _assert_header(table, 1)
-    assert "onnxruntime" in table
+    assert "onnxruntime (dynamo graph)" in table and "onnxruntime (TorchScript graph)" in table
+    assert "max diff vs PyTorch" in table
+
+
+def test_onnx_table_notes_a_failed_export():
+    ok = {"runtime": "onnxruntime (dynamo graph)", "size": [8, 8], "max_diff": 2e-7}
+    ok.update(median_ms=1.0, min_ms=1.0, max_ms=1.0, ms=[1.0])
+    failed = {"runtime": "onnxruntime (TorchScript graph)", "size": [8, 8], "error": "E: why"}
+    env = {**environment("cpu"), "threads": 1, "dtype": "float32"}
+    table = report.onnx_table([ok, failed], env)
+    assert "| onnxruntime (dynamo graph) | 8x8 | 1.0 (1.0-1.0) | 2.0e-07 |" in table
+    assert "- onnxruntime (TorchScript graph): the export failed: E: why" in table
+    assert "| onnxruntime (TorchScript graph) |" not in table
