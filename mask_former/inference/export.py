@@ -1,12 +1,19 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """
 Export a MaskFormer's inference on one image to ONNX and run the graph in onnxruntime:
-:func:`export_onnx` (the traced :class:`~.exportable.ExportableMaskFormer`), :func:`export`
+:func:`export_onnx` (the exported :class:`~.exportable.ExportableMaskFormer`), :func:`export`
 (a config's model to a checked file with metadata, as ``tools/export_model.py`` writes it),
 :func:`verify_export` (onnxruntime against PyTorch), :func:`onnx_session` and
 :func:`onnx_latency` (the benchmark's timing).
 
-onnx and onnxruntime are imported only when a function needs them
+Two exporters (:data:`EXPORTERS`): "dynamo", the default, ``torch.onnx.export(...,
+dynamo=True)`` built on ``torch.export`` (with onnxscript), and "torchscript", the deprecated
+TorchScript-based ``dynamo=False``, kept as a fallback. Both give the same inputs, outputs,
+dynamic axes and results for every model here (ResNet and Swin backbones); each needs floor
+division of sizes to round down for Swin (:func:`_floor_division_table`,
+:func:`_floor_division_for_onnx`).
+
+onnx, onnxruntime and onnxscript are imported only when a function needs them
 (:func:`import_onnx_packages`), so importing this module (and ``mask_former``) never does.
 
 Shape shorthand in this module: H, W image height and width.
@@ -142,7 +149,9 @@ def _quiet_export() -> Iterator[List[warnings.WarningMessage]]:
         optimizer_logger.setLevel(level)
 
 
-def _export_dynamo(wrapper: ExportableMaskFormer, sample: torch.Tensor, path: str, opset: int):
+def _export_dynamo(
+    wrapper: ExportableMaskFormer, sample: torch.Tensor, path: str, opset: int
+) -> None:
     """``torch.onnx.export(..., dynamo=True)``: torch.export with dynamic height and width."""
     rank = sample.dim()
     height, width = torch.export.Dim("height", min=1), torch.export.Dim("width", min=1)
