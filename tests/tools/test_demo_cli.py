@@ -197,12 +197,18 @@ def test_metadata_falls_back_to_generic_class_names(monkeypatch):
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
     generic = class_metadata(cfg)
     assert generic.stuff_classes == generic.thing_classes == ["class 0", "class 1", "class 2"]
-    assert warned == [
-        "Dataset _test_demo_unregistered has no class names in its metadata: using generic names."
-    ]
+    assert len(warned) == 1
+    assert "'_test_demo_unregistered' is not registered" in warned[0]
+    assert "using generic names" in warned[0]
+    # Precedence: the checkpoint's class names come before generic ones...
+    saved = {"stuff_classes": ["x", "y", "z"]}
+    assert class_metadata(cfg, saved, "model.pth").stuff_classes == ["x", "y", "z"]
+    assert len(warned) == 1
     MetadataCatalog.get("_test_demo_named").set(stuff_classes=["sky", "road", "car"])
     cfg.DATASETS.TEST = ("_test_demo_named",)
     assert class_metadata(cfg).stuff_classes == ["sky", "road", "car"]
+    # ... and a registered test dataset's before the checkpoint's.
+    assert class_metadata(cfg, saved, "model.pth").stuff_classes == ["sky", "road", "car"]
     assert len(warned) == 1  # no warning for a named set
     MetadataCatalog.remove("_test_demo_named")
 
