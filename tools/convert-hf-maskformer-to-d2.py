@@ -14,8 +14,10 @@ the ``preprocessor_config.json`` of its image processor (pixel mean/std and test
 it MaskFormerImageProcessor's defaults are used). Nothing is downloaded.
 
 The weights are written as ``{"model": {name: numpy array}, "__author__": "huggingface",
-"matching_heuristics": False, "class_names": [str, ...]}`` (plain data only, so the project's
-restricted unpickler loads it), with names exactly those of this project's ``MaskFormer``. The
+"matching_heuristics": False, "class_names": [str, ...], "metadata": {"stuff_classes": [str,
+...]}}`` (plain data only, so the project's restricted unpickler loads it), with names exactly
+those of this project's ``MaskFormer``; "metadata" is the format of the Trainer's checkpoints, so
+the Predictor and the demo name the classes from it. The
 config is self-contained (no ``_BASE_``, safe YAML): every key that defines the network,
 ``MODEL.WEIGHTS`` pointing at the weights, and the class names (HF's ``id2label``) as a comment.
 Before anything is written, the config is loaded the way ``train_net.py`` loads it and the model
@@ -257,7 +259,8 @@ def convert(hf_dir: str, output: str, config_output: str) -> Dict[str, Any]:
         "model": weights,
         "__author__": "huggingface",
         "matching_heuristics": False,
-        "class_names": names,
+        "class_names": names,  # the earlier format, still read
+        "metadata": {"stuff_classes": names},  # the Trainer's checkpoints' format
     }
     # Both files appear only once the written config has been checked against the weights.
     with atomic_output_path(config_output) as tmp_config:

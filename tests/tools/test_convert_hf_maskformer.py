@@ -18,6 +18,7 @@ import yaml
 from detectron2.modeling import build_model
 from torch import nn
 
+from mask_former import Predictor
 from mask_former.checkpoint import restricted_pickle_load
 
 SIZES = [(64, 96), (68, 100)]  # the second pads Swin windows and merges odd grids
@@ -182,10 +183,14 @@ def test_written_files_are_plain_data_and_self_contained(tool, tmp_path):
     assert tree["MODEL"]["SEM_SEG_HEAD"]["IGNORE_VALUE"] == 255
 
     data = restricted_pickle_load(str(weights))
-    assert set(data) == {"model", "__author__", "matching_heuristics", "class_names"}
+    assert set(data) == {"model", "__author__", "matching_heuristics", "class_names", "metadata"}
+    assert data["metadata"] == {"stuff_classes": CLASS_NAMES}  # the Trainer's format
     assert all(type(v).__name__ == "ndarray" for v in data["model"].values())
     with open(weights, "rb") as f:
         assert pickle.load(f)["class_names"] == CLASS_NAMES
+    # The class names travel with the weights: a Predictor of the written config (whose test
+    # dataset is not registered) names the classes as HF's id2label does.
+    assert Predictor(config, device="cpu").class_names == CLASS_NAMES
 
 
 # HF config field -> a MaskFormerConfig that sets it to something without a counterpart here.
