@@ -24,6 +24,13 @@ by ``detectron2.engine``). Exactly that warning is ignored while exactly those m
 (:data:`QUIET_IMPORTS`); every other warning, and the same warning from any other code, is shown
 as usual.
 
+Under NumPy 2, two run-time calls of the dependencies raise a ``DeprecationWarning`` because an
+``__array__`` method they hand to NumPy (torch's ``Tensor.__array__``, pycocotools' ``Masks``)
+takes no ``copy`` argument: ``np.array(output, dtype=np.int)`` in detectron2's
+``SemSegEvaluator.process`` and ``pycocotools.mask.decode``. :data:`KNOWN_WARNINGS` ignores exactly
+that message, attributed to exactly those modules (``warnings.filterwarnings`` with message,
+category and module), from :func:`install` on.
+
 The bridge is an import hook (a :class:`importlib.abc.MetaPathFinder`), so it works whichever is
 imported first, ``mask_former`` or ``detectron2``: ``mask_former/__init__.py`` installs it, and
 ``make setup`` puts a one-line ``.pth`` start-up file into the virtual environment that installs it
@@ -44,7 +51,14 @@ import types
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["install", "MissingCompiledOpError", "patched", "NUMPY_ALIASES", "QUIET_IMPORTS"]
+__all__ = [
+    "install",
+    "MissingCompiledOpError",
+    "patched",
+    "NUMPY_ALIASES",
+    "QUIET_IMPORTS",
+    "KNOWN_WARNINGS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +72,14 @@ QUIET_IMPORTS: Dict[str, Tuple[type, str]] = {
     "detectron2.modeling.box_regression": _JIT_SCRIPT_DEPRECATED,
     "fvcore.nn.focal_loss": _JIT_SCRIPT_DEPRECATED,
 }
+
+# (category, message regular expression, module regular expression) of warnings that dependencies
+# raise at run time and that this project's users cannot act on: ignored by install().
+_NO_COPY_KEYWORD = r"__array__ implementation doesn't accept a copy keyword"
+KNOWN_WARNINGS: List[Tuple[type, str, str]] = [
+    (DeprecationWarning, _NO_COPY_KEYWORD, r"detectron2\.evaluation\.sem_seg_evaluation$"),
+    (DeprecationWarning, _NO_COPY_KEYWORD, r"pycocotools\.mask$"),
+]
 
 # What this module changed in the running interpreter (for tests and debugging).
 patched: List[str] = []
@@ -177,10 +199,13 @@ def _restore_removed_names() -> None:
 
 def install() -> None:
     """
-    Install the bridge (idempotent). If detectron2 is already imported, the NumPy/Pillow names
-    are restored at once when its compiled extension is missing.
+    Install the bridge and the filters of :data:`KNOWN_WARNINGS` (idempotent). If detectron2 is
+    already imported, the NumPy/Pillow names are restored at once when its compiled extension is
+    missing.
     """
     if not any(getattr(f, "_mask_former_d2_compat", False) for f in sys.meta_path):
+        for category, message, module in KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
         finder = _Detectron2CompatFinder()
         sys.meta_path.insert(0, finder)
         if "detectron2" in sys.modules:

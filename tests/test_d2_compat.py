@@ -187,3 +187,28 @@ def test_without_quiet_imports_detectron2_imports_warn(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count(_JIT_WARNING) >= 4, proc.stderr
+
+
+def test_known_run_time_warnings_are_ignored_only_from_their_modules(tmp_path):
+    # The message NumPy 2 gives for an __array__ without a copy keyword, attributed to various
+    # modules; then the real pycocotools call that raises it under NumPy 2.
+    proc = _run_warnings_always(
+        """
+        import warnings
+        import mask_former
+        message = "__array__ implementation doesn't accept a copy keyword, so passing copy=False"
+        for module in ["pycocotools.mask", "detectron2.evaluation.sem_seg_evaluation",
+                       "user_module", "pycocotools.mask_of_mine"]:
+            warnings.warn_explicit(message, DeprecationWarning, module + ".py", 1, module=module)
+        import numpy as np
+        import pycocotools.mask
+        rle = pycocotools.mask.encode(np.asfortranarray(np.ones((4, 4), np.uint8)))
+        print(pycocotools.mask.decode(rle).sum())
+        """,
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "16"
+    shown = [line for line in proc.stderr.splitlines() if "copy keyword" in line]
+    expected = ["user_module.py", "pycocotools.mask_of_mine.py"]
+    assert [line.split(":")[0] for line in shown] == expected, proc.stderr
