@@ -6,7 +6,7 @@ STAMP := $(VENV)/.mask_former-setup
 .PHONY: setup test demo compare bench lint
 setup: $(STAMP)
 
-$(STAMP): requirements/torch.txt requirements/base.txt requirements/interop.txt setup.py dev/setup_env.sh dev/install_detectron2.py
+$(STAMP): requirements/torch.txt requirements/base.txt requirements/interop.txt requirements/no-deps.txt setup.py dev/setup_env.sh dev/install_detectron2.py
 	VENV=$(VENV) bash dev/setup_env.sh
 	@touch $@
 

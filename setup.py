@@ -15,6 +15,9 @@ setup(
     package_data={"mask_former": ["data/datasets/*.json"]},
     # Loose on purpose: a pin here would replace a user's own (CUDA) build of torch or
     # detectron2. requirements/*.txt holds the exact versions `make setup` installs.
+    # Not listed: panopticapi-lite (the `panopticapi` module of COCOPanopticEvaluator), whose
+    # metadata pins numpy<2 and would downgrade NumPy; install it without its dependencies:
+    #   pip install --no-deps -r requirements/no-deps.txt
     install_requires=[
         "torch>=1.9",
         "torchvision",
@@ -22,7 +25,6 @@ setup(
         "numpy",
         "scipy",
         "opencv-python-headless",
-        "panopticapi-lite",
         "pycocotools",
         "fvcore",
     ],

@@ -18,6 +18,8 @@ if ! "$py" -c "import torch" 2>/dev/null; then
     pip install -q -r requirements/torch.txt
 fi
 pip install -q -r requirements/base.txt -r requirements/interop.txt
+# Distributions whose declared dependencies are wrong for this environment (see the file).
+pip install -q --no-deps -r requirements/no-deps.txt
 "$py" dev/install_detectron2.py
 pip install -q --no-deps --no-build-isolation -e .
 
