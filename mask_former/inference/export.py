@@ -131,22 +131,28 @@ def _floor_division_table() -> Dict[Callable, Callable]:
     return {operator.floordiv: floordiv}
 
 
+_EXPORTER_LOGGERS = ("onnxscript", "onnx_ir")
+
+
 @contextlib.contextmanager
 def _quiet_export() -> Iterator[List[warnings.WarningMessage]]:
     """
     Within the block, no warning reaches the user (they are collected in the list yielded;
-    the caller logs them at debug level) and onnxscript's optimizer logs errors only (it
-    warns about every multi-output op it does not fold).
+    the caller logs them at debug level) and the loggers of the dynamo exporter's graph
+    passes (:data:`_EXPORTER_LOGGERS`) log errors only: they report each rewrite (one line per
+    deduplicated initializer, each multi-output op not folded), nothing a user acts on.
     """
-    optimizer_logger = logging.getLogger("onnxscript.optimizer")
-    level = optimizer_logger.level
-    optimizer_logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield caught
     finally:
-        optimizer_logger.setLevel(level)
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 def _export_dynamo(
