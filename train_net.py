@@ -63,7 +63,9 @@ def main(args):
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    parser = default_argument_parser()
+    parser.description = __doc__.strip().split("\n\n")[0]
+    args = parser.parse_args()
     try:
         launch(
             main,

@@ -74,7 +74,7 @@ def test_help_exits_cleanly_without_warnings(help_runs, script):
     assert "usage:" in output
 
 
-@pytest.mark.parametrize("script", ["demo/demo.py"] + TOOLS)
+@pytest.mark.parametrize("script", ENTRY_POINTS)
 def test_help_describes_the_tool(help_runs, script):
     description = _description(help_runs[script].stdout)
     assert len(description.split()) >= 4, f"{script} --help has no description:\n{description}"

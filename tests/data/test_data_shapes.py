@@ -32,7 +32,8 @@ def read_split(base, split):
             os.path.join(base, "sem_seg", split, stem + ".png"), cv2.IMREAD_UNCHANGED
         )
         rgb = cv2.imread(os.path.join(base, "panoptic", split, stem + ".png"))[..., ::-1]
-        ids = rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+        rgb = rgb.astype(np.int64)  # uint8 * 256 overflows under NumPy 2's promotion rules
+        ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
         samples.append((image, labels, ids, ann["segments_info"]))
     return data, samples
 
