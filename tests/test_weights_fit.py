@@ -216,3 +216,18 @@ def test_demo_register_names_the_classes_of_a_users_dataset(files, tmp_path):
     assert unregistered.returncode == 0, unregistered.stderr[-2000:]
     # (the demo logs in detectron2's format, to stdout)
     assert "'mine_sem_seg_val' is not registered" in unregistered.stdout + unregistered.stderr
+
+
+def test_train_net_training_on_a_cut_checkpoint_ends_with_one_line(files, tmp_path):
+    # Training with loader workers (the shapes configs start 2): the run ends with the
+    # checkpoint's one line, and the workers are stopped before it (no broken-pipe noise).
+    # The shapes dataset is the repository's ./datasets/shapes (generated on first use).
+    path = str(files / "half.pth")
+    args = ["train_net.py", "--config-file", SEMANTIC, "MODEL.WEIGHTS", path, "MODEL.DEVICE"]
+    args += ["cpu", "OUTPUT_DIR", str(tmp_path / "out"), "DATALOADER.NUM_WORKERS", "2"]
+    proc = _run(args)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output and "terminate called" not in output, output[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"Cannot load checkpoint {path}: {BAD['half.pth']}"

@@ -316,12 +316,19 @@ class Trainer(DefaultTrainer):
         load is logged as "loaded N of M parameters from FILE"; one that fits nothing raises).
         With ``resume``, ``metrics.json`` loses the lines of the iterations that run again.
         """
-        state = self.checkpointer.resume(self.optimizer, self.scheduler) if resume else None
-        self._history_to_restore = {}
-        if state is None:
-            load_model_weights(self.checkpointer.model, self.cfg.MODEL.WEIGHTS, for_training=True)
-        else:
-            self._apply_resume_state(state)
+        try:
+            state = self.checkpointer.resume(self.optimizer, self.scheduler) if resume else None
+            self._history_to_restore = {}
+            if state is None:
+                model = self.checkpointer.model
+                load_model_weights(model, self.cfg.MODEL.WEIGHTS, for_training=True)
+            else:
+                self._apply_resume_state(state)
+        except BaseException:
+            # detectron2 starts the loader's workers in __init__: stop them before the error
+            # ends the run, or they die on a broken pipe after its one-line message.
+            self._trainer._data_loader_iter = None
+            raise
         if resume:
             for writer in getattr(self, "_metrics_writers", []):
                 if isinstance(writer, MetricsJSONWriter):
