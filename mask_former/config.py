@@ -180,8 +180,10 @@ def _add_mask_former_model_config(cfg: CN) -> None:
     # (always done when panoptic or instance inference is on).
     cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
     # Precision of the network in inference: "float32", or autocast to "bfloat16" (CUDA, and
-    # CPUs with native bfloat16; elsewhere float32 with a warning) or "float16" (CUDA only).
-    # Post-processing always runs in float32.
+    # CPUs with native bfloat16; elsewhere float32 with a warning) or "float16" (CUDA only), or
+    # "auto": bfloat16 where the CPU computes it natively, float32 on other CPUs, bfloat16 or
+    # float16 on CUDA. Post-processing always runs in float32. The default stays float32, so
+    # evaluation reproduces the original's numbers; the Predictor and the demo run "auto".
     cfg.MODEL.MASK_FORMER.TEST.PRECISION = "float32"
 
 

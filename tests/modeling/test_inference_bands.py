@@ -138,6 +138,28 @@ def test_inference_precision_by_device_and_capability(monkeypatch, caplog):
         precision.inference_autocast_dtype("fp8", "cpu")
 
 
+def test_auto_precision_follows_the_hardware(monkeypatch, caplog):
+    monkeypatch.setattr(precision, "_told", set())
+    # A CPU with native bfloat16 (AVX512-BF16, AMX) autocasts; one without runs float32, the
+    # fast path there (no warning: "auto" asked for nothing it could not do).
+    monkeypatch.setattr(precision, "cpu_supports_native_bfloat16", lambda: True)
+    with caplog.at_level(logging.INFO, logger="mask_former.modeling.precision"):
+        assert precision.inference_autocast_dtype("auto", "cpu") is torch.bfloat16
+        assert precision.inference_autocast_dtype("auto", "cpu") is torch.bfloat16
+        monkeypatch.setattr(precision, "cpu_supports_native_bfloat16", lambda: False)
+        assert precision.inference_autocast_dtype("auto", "cpu") is None
+        # CUDA: bfloat16 where the GPU has it, else float16 (no CUDA call is made here).
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+        assert precision.inference_autocast_dtype("auto", "cuda") is torch.float16
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+        assert precision.inference_autocast_dtype("auto", "cuda") is torch.bfloat16
+    messages = [r.getMessage() for r in caplog.records]
+    assert all(r.levelno == logging.INFO for r in caplog.records)
+    # Logged once per device type and outcome: bf16 CPU, fp32 CPU, fp16 CUDA, bf16 CUDA.
+    assert len(messages) == 4, messages
+    assert "inference in bfloat16" in messages[0] and "inference in float32" in messages[1]
+
+
 def _whole_tensor_results(model, batch):
     """Inference the way it ran before banding: full-size upsampling, crop, resize, per image."""
     results = []
