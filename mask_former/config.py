@@ -185,6 +185,16 @@ def _add_mask_former_model_config(cfg: CN) -> None:
     # float16 on CUDA. Post-processing always runs in float32. The default stays float32, so
     # evaluation reproduces the original's numbers; the Predictor and the demo run "auto".
     cfg.MODEL.MASK_FORMER.TEST.PRECISION = "float32"
+    # "whole": the network sees the whole (test-resized) image at once. "slide": it sees windows
+    # of SLIDE_CROP_SIZE (H, W) every SLIDE_STRIDE (H, W) pixels, the last window of a row or
+    # column aligned to the image's border, and the semantic scores of overlapping windows are
+    # averaged (as mmsegmentation's slide inference); for large images. Semantic inference only
+    # (PANOPTIC_ON and INSTANCE_ON are refused); the averaged scores are resized to the output
+    # size (SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE does not apply).
+    cfg.MODEL.MASK_FORMER.TEST.MODE = "whole"
+    cfg.MODEL.MASK_FORMER.TEST.SLIDE_CROP_SIZE = (512, 512)
+    # At most the crop size in each direction (else pixels between windows would be missed).
+    cfg.MODEL.MASK_FORMER.TEST.SLIDE_STRIDE = (341, 341)
 
 
 def _add_sem_seg_head_config(cfg: CN) -> None:

@@ -7,10 +7,12 @@ the Python API all predict through it.
 
 Each image is prepared as detectron2's ``DefaultPredictor`` prepares it: read upright per its
 EXIF orientation (files through :mod:`mask_former.data.io`), in the model's INPUT.FORMAT,
-resized by ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``, with the outputs at the
-image's own size. A result does not depend on the batch it comes in: MaskFormer runs the
-images of a call in groups of the same padded size (``MaskFormer.run_inference``), and other
-models (the per-pixel baselines) get one call per image size.
+resized by ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)`` (not resized when
+INPUT.MIN_SIZE_TEST is 0, as in detectron2's test mapper: for very large photos, with
+MODEL.MASK_FORMER.TEST.MODE "slide"), with the outputs at the image's own size. A result does
+not depend on the batch it comes in: MaskFormer runs the images of a call in groups of the
+same padded size (``MaskFormer.run_inference``), and other models (the per-pixel baselines) get
+one call per image size.
 
 Shape shorthand in this module: H, W image height and width; K classes; N instances.
 """
@@ -125,6 +127,7 @@ class Predictor:
         opts: Sequence[str] = (),
         device: Optional[str] = None,
         batch_size: int = 4,
+        labels_only: bool = False,
     ):
         """
         Args:
@@ -138,6 +141,10 @@ class Predictor:
                 OBJECT_MASK_THRESHOLD", "0.5").
             device: "cpu", "cuda", "cuda:1", ...; None: the config's MODEL.DEVICE.
             batch_size: the most images per model call.
+            labels_only: predict the semantic class ids only (``Prediction.semantic``; the
+                outputs hold no "sem_seg" scores). With MODEL.MASK_FORMER.TEST.MODE "slide"
+                they are computed band by band of windows (``MaskFormer.semantic_labels``), so
+                no (K, H, W) score map is held: memory is bounded by a band of windows.
 
         Raises:
             mask_former.checkpoint.CheckpointError: the weights file is missing, unreadable
@@ -159,7 +166,9 @@ class Predictor:
             self.model, self.cfg.MODEL.WEIGHTS, allow_partial=self.cfg.MODEL.ALLOW_PARTIAL_WEIGHTS
         )
         min_size, max_size = self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
-        self.resize = T.ResizeShortestEdge([min_size, min_size], max_size)
+        # MIN_SIZE_TEST 0: no test resize (detectron2's ResizeShortestEdge does nothing then).
+        self.resize = None if min_size == 0 else T.ResizeShortestEdge([min_size] * 2, max_size)
+        self.labels_only = labels_only
         saved = self.weights.metadata if self.weights is not None else None
         self.metadata = class_metadata(self.cfg, saved, self.cfg.MODEL.WEIGHTS)
         self.batch_size = batch_size
@@ -250,16 +259,34 @@ class Predictor:
         """An RGB image -> the model's input dict, as detectron2's DefaultPredictor makes it."""
         image = rgb if self.input_format == "RGB" else rgb[:, :, ::-1]
         height, width = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image)
+        resized = (
+            image if self.resize is None else self.resize.get_transform(image).apply_image(image)
+        )
         tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
         return {"image": tensor, "height": height, "width": width}
 
     def _predict_rgb(self, batch: Sequence[Tuple[str, np.ndarray]]) -> List[Prediction]:
         inputs = [self._model_input(rgb) for _, rgb in batch]
+        if self.labels_only:
+            return self._predict_labels(batch, inputs)
         outputs = self._run(inputs)
         return [
             self._prediction(source, x["height"], x["width"], out)
             for (source, _), x, out in zip(batch, inputs, outputs)
+        ]
+
+    @torch.no_grad()
+    def _predict_labels(
+        self, batch: Sequence[Tuple[str, np.ndarray]], inputs: List[Dict[str, Any]]
+    ) -> List[Prediction]:
+        """Labels-only predictions: ``semantic`` (H, W) int64 set, no score outputs."""
+        if isinstance(self.model, MaskFormer):
+            labels = self.model.semantic_labels(inputs)
+        else:
+            labels = [out["sem_seg"].argmax(dim=0) for out in self._run(inputs)]
+        return [
+            Prediction(source, x["height"], x["width"], self.class_names, semantic=y.cpu())
+            for (source, _), x, y in zip(batch, inputs, labels)
         ]
 
     @torch.no_grad()

@@ -34,6 +34,7 @@ from .inference import (
     semantic_inference,
 )
 from .precision import check_inference_precision, inference_autocast_dtype
+from .sliding_window import check_slide_options, slide_semantic
 
 __all__ = [
     "INFERENCE_OPTIONS",
@@ -275,6 +276,9 @@ class MaskFormer(nn.Module):
         instance_on: bool = False,
         test_topk_per_image: int = 100,
         inference_precision: str = "float32",
+        test_mode: str = "whole",
+        slide_crop_size: Tuple[int, int] = (512, 512),
+        slide_stride: Tuple[int, int] = (341, 341),
     ):
         """
         Args:
@@ -291,6 +295,9 @@ class MaskFormer(nn.Module):
             test_topk_per_image: instances kept per image by instance inference.
             inference_precision: "float32", "bfloat16" or "float16" (autocast of the network
                 in inference, where the device supports it; see ``inference_autocast_dtype``).
+            test_mode: "whole" or "slide" (sliding-window semantic inference, see
+                :mod:`.sliding_window`), with windows of ``slide_crop_size`` (H, W) every
+                ``slide_stride`` (H, W) pixels.
         """
         super().__init__()
         _check_outputs_enabled(semantic_on, panoptic_on, instance_on)
@@ -313,6 +320,10 @@ class MaskFormer(nn.Module):
         self.instance_on = instance_on
         self.test_topk_per_image = test_topk_per_image
         self.inference_precision = check_inference_precision(inference_precision)
+        check_slide_options(test_mode, slide_crop_size, slide_stride, panoptic_on, instance_on)
+        self.test_mode = test_mode
+        self.slide_crop_size = tuple(slide_crop_size)
+        self.slide_stride = tuple(slide_stride)
 
     @classmethod
     def from_config(cls, cfg):
@@ -337,6 +348,9 @@ class MaskFormer(nn.Module):
             "instance_on": mf.TEST.INSTANCE_ON,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "inference_precision": mf.TEST.PRECISION,
+            "test_mode": mf.TEST.MODE,
+            "slide_crop_size": tuple(mf.TEST.SLIDE_CROP_SIZE),
+            "slide_stride": tuple(mf.TEST.SLIDE_STRIDE),
         }
 
     @property
@@ -391,6 +405,8 @@ class MaskFormer(nn.Module):
         more than it would be alone: padding changes the features near the border and what the
         queries attend to, and an image's result must not depend on the batch it came in.
         """
+        if self.test_mode == "slide":
+            return [{"sem_seg": self.slide_inference(x)} for x in batched_inputs]
         options = {name: getattr(self, name) for name in INFERENCE_OPTIONS}
         sizes = [x["image"].shape[-2:] for x in batched_inputs]
         results: List[Dict] = [{} for _ in batched_inputs]
@@ -408,3 +424,55 @@ class MaskFormer(nn.Module):
         (B, Q, K + 1) and "pred_masks" (B, Q, H/4, W/4), float32 (:func:`inference_outputs`).
         """
         return inference_outputs(self.backbone, self.sem_seg_head, images, self.inference_precision)
+
+    def slide_inference(self, inputs: Dict, labels_only: bool = False) -> torch.Tensor:
+        """
+        Sliding-window semantic inference of one input dict (:mod:`.sliding_window`): the
+        scores of each window of ``slide_crop_size`` are the semantic inference of the network
+        run on that window alone, averaged where windows overlap and resized to the output
+        size ("height", "width"; default: the image's). Works in either ``test_mode``.
+
+        Returns:
+            (K, height, width) scores, or with ``labels_only`` (height, width) int64 class ids
+            computed band by band of windows (no (K, H, W) score map is held).
+        """
+        image = inputs["image"]
+        size = tuple(image.shape[-2:])
+        output_size = (inputs.get("height", size[0]), inputs.get("width", size[1]))
+        return slide_semantic(
+            self._window_scores,
+            image,
+            self.slide_crop_size,
+            self.slide_stride,
+            output_size,
+            labels_only=labels_only,
+        )
+
+    def _window_scores(self, window: torch.Tensor) -> torch.Tensor:
+        """(3, h, w) window of an input image -> its (K, h, w) semantic scores, on its own."""
+        images = self.pad_images([self.normalize(window)])
+        outputs = self.head_outputs(images.tensor)
+        options = {name: getattr(self, name) for name in INFERENCE_OPTIONS}
+        options.update(semantic_on=True, panoptic_on=False, instance_on=False)
+        size = tuple(window.shape[-2:])
+        return image_inference(
+            outputs["pred_logits"][0],
+            outputs["pred_masks"][0],
+            size,
+            size,
+            padded_size=tuple(images.tensor.shape[-2:]),
+            **options,
+        )["sem_seg"]
+
+    def semantic_labels(self, batched_inputs: List[Dict]) -> List[torch.Tensor]:
+        """
+        The semantic class ids (height, width) int64 of each input dict (as :meth:`forward`
+        takes them), without the scores: in slide mode computed band by band of windows, so no
+        (K, H, W) score map is ever held (memory bounded by a band, for very large images); in
+        whole mode the argmax of the "sem_seg" scores (no memory saved).
+        """
+        if not self.semantic_on:
+            raise ValueError("semantic_labels: MODEL.MASK_FORMER.TEST.SEMANTIC_ON is off")
+        if self.test_mode == "slide":
+            return [self.slide_inference(x, labels_only=True) for x in batched_inputs]
+        return [r["sem_seg"].argmax(0) for r in self.run_inference(batched_inputs)]
