@@ -56,8 +56,12 @@ class DemoError(ValueError):
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    """The frozen config: --config-file, then --opts (--confidence-threshold changes nothing)."""
-    return load_config(args.config_file, args.opts)
+    """
+    The frozen config: --config-file, inference precision "auto" (bfloat16 where the CPU computes
+    it natively, else float32), then --opts (which may set MODEL.MASK_FORMER.TEST.PRECISION);
+    --confidence-threshold changes nothing.
+    """
+    return load_config(args.config_file, ["MODEL.MASK_FORMER.TEST.PRECISION", "auto", *args.opts])
 
 
 def _num_workers(text: str) -> int:
@@ -124,7 +128,9 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--opts",
-        help="config options as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pkl MODEL.DEVICE cpu",
+        help="config options as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pkl MODEL.DEVICE cpu; "
+        "inference runs in MODEL.MASK_FORMER.TEST.PRECISION auto (bfloat16 where the CPU "
+        "computes it natively, else float32) unless set here",
         default=[],
         nargs=argparse.REMAINDER,
     )

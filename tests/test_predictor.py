@@ -25,6 +25,7 @@ from mask_former.data.io import UnreadableImageError
 from mask_former.data.shapes_generator import generate_split
 from mask_former.inference import ParallelPredictor, WorkerError, image_to_rgb
 from tests.paths import REPO_ROOT
+from tests.tools.tools_testing import load_script
 
 PANOPTIC_CONFIG = REPO_ROOT / "configs/shapes/maskformer_panoptic_R18_bs8_1200.yaml"
 BASELINE_CONFIG = REPO_ROOT / "configs/shapes/per_pixel_baseline_R18_bs8_1200.yaml"
@@ -76,7 +77,7 @@ def setup(tmp_path_factory):
     weights = _save_seeded_weights(PANOPTIC_CONFIG, tmp / "weights.pth")
     reference = DefaultPredictor(_cfg(PANOPTIC_CONFIG, weights))  # detectron2's, BGR input
     images = _images(tmp / "images")
-    predictor = Predictor(PANOPTIC_CONFIG, weights, opts=OPTS, batch_size=3)
+    predictor = Predictor(PANOPTIC_CONFIG, weights, opts=OPTS, batch_size=3, precision="float32")
     return {"tmp": tmp, "weights": weights, "reference": reference, "images": images,
             "predictor": predictor}  # fmt: skip
 
@@ -227,7 +228,7 @@ def test_per_pixel_baseline_batches_by_image_size(tmp_path):
     opts = ["MODEL.DEVICE", "cpu"]
     weights = _save_seeded_weights(BASELINE_CONFIG, tmp_path / "baseline.pth", opts)
     reference = DefaultPredictor(_cfg(BASELINE_CONFIG, weights, opts))
-    predictor = Predictor(BASELINE_CONFIG, weights, opts=opts)
+    predictor = Predictor(BASELINE_CONFIG, weights, opts=opts, precision="float32")
     rng = np.random.default_rng(2)
     images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(64, 96), (96, 64)]]
     for image, result in zip(images, predictor.predict(images)):
@@ -293,3 +294,21 @@ def test_the_readme_example_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Cannot read image datasets/shapes/images/val/000002.jpg: empty file" in result.stdout
     assert "torch.Size([" in result.stdout
+
+
+def test_predictor_and_demo_infer_in_auto_precision_unless_told(setup):
+    # "auto" (bfloat16 where the CPU computes it natively) for the Predictor and the demo;
+    # precision=None keeps the config's value (float32, evaluation's default); opts win.
+    weights = setup["weights"]
+    precision_of = lambda p: p.cfg.MODEL.MASK_FORMER.TEST.PRECISION  # noqa: E731
+    assert precision_of(Predictor(PANOPTIC_CONFIG, weights)) == "auto"
+    assert precision_of(Predictor(PANOPTIC_CONFIG, weights, precision=None)) == "float32"
+    key = "MODEL.MASK_FORMER.TEST.PRECISION"
+    assert precision_of(Predictor(PANOPTIC_CONFIG, weights, opts=[key, "bfloat16"])) == "bfloat16"
+    demo = load_script("demo/demo.py")
+    argv = ["--config-file", str(PANOPTIC_CONFIG), "--input", "x.png", "--opts"]
+    assert demo.setup_cfg(demo.get_parser().parse_args(argv)).MODEL.MASK_FORMER.TEST.PRECISION == (
+        "auto"
+    )
+    told = demo.setup_cfg(demo.get_parser().parse_args(argv + [key, "float32"]))
+    assert told.MODEL.MASK_FORMER.TEST.PRECISION == "float32"

@@ -137,9 +137,10 @@ class PredictionVisualizer:
         if parallel is True:
             parallel = default_num_workers(cfg)
         # One image per model call: a result never depends on the images beside it.
-        self.predictor: Predicting = (
-            ParallelPredictor(cfg, int(parallel)) if parallel else Predictor(cfg, batch_size=1)
-        )
+        if parallel:
+            self.predictor: Predicting = ParallelPredictor(cfg, int(parallel))
+        else:  # the cfg's precision, as in the workers
+            self.predictor = Predictor(cfg, batch_size=1, precision=None)
         # The predictor's class names: the test dataset's, the checkpoint's, or generic ones.
         self.metadata: Metadata = self.predictor.metadata
 

@@ -128,6 +128,7 @@ class Predictor:
         device: Optional[str] = None,
         batch_size: int = 4,
         labels_only: bool = False,
+        precision: Optional[str] = "auto",
     ):
         """
         Args:
@@ -145,6 +146,12 @@ class Predictor:
                 outputs hold no "sem_seg" scores). With MODEL.MASK_FORMER.TEST.MODE "slide"
                 they are computed band by band of windows (``MaskFormer.semantic_labels``), so
                 no (K, H, W) score map is held: memory is bounded by a band of windows.
+            precision: MODEL.MASK_FORMER.TEST.PRECISION of the network, applied before
+                ``opts``: "auto" (the default: bfloat16 autocast where the CPU computes it
+                natively, else float32; see :mod:`mask_former.modeling.precision`), "float32",
+                "bfloat16", "float16"; None keeps the config's value (evaluation's default,
+                float32). Results are exactly those of the demo in every precision; in float32
+                they also do not depend on the batch they come in.
 
         Raises:
             mask_former.checkpoint.CheckpointError: the weights file is missing, unreadable
@@ -156,7 +163,8 @@ class Predictor:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.cfg = load_config(config, opts, weights=weights, device=device)
+        chosen = [] if precision is None else ["MODEL.MASK_FORMER.TEST.PRECISION", precision]
+        self.cfg = load_config(config, [*chosen, *opts], weights=weights, device=device)
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {self.input_format!r}")

@@ -66,7 +66,7 @@ def _work(cfg: CfgNode, num_threads: int, tasks: Any, results: Any) -> None:
 
         from .predictor import Predictor
 
-        predictor = Predictor(cfg, batch_size=1)
+        predictor = Predictor(cfg, batch_size=1, precision=None)  # the cfg's, as the caller's
     except (CheckpointError, UntrustedCheckpointError) as e:  # one line, raised again by the pool
         results.put((_READY, None, e))
         return

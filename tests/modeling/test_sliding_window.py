@@ -169,8 +169,8 @@ def test_predictor_labels_only_without_test_resize():
 
     crop, stride = (48, 64), (32, 40)
     cfg = _slide_cfg(crop, stride, **{"INPUT.MIN_SIZE_TEST": 0})
-    full = Predictor(cfg, "", device="cpu")
-    lean = Predictor(cfg, "", device="cpu", labels_only=True)
+    full = Predictor(cfg, "", device="cpu", precision="float32")
+    lean = Predictor(cfg, "", device="cpu", labels_only=True, precision="float32")
     lean.model.load_state_dict(full.model.state_dict())
     rgb = np.random.default_rng(4).integers(0, 256, (100, 90, 3), dtype=np.uint8)
     # MIN_SIZE_TEST 0: the model sees the image at its own size (512 would resize it).

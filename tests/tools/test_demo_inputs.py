@@ -145,9 +145,11 @@ def _start_demo(
     command = [
         sys.executable, "demo/demo.py", "--config-file", CONFIG,
         "--input", *inputs, "--output", str(output), *extra,
-        # Threshold 0: keep every query, so a random model still draws segments.
+        # Threshold 0: keep every query, so a random model still draws segments; float32 (the
+        # demo runs "auto" otherwise): the drawings are compared with DefaultPredictor's.
         "--opts", "MODEL.WEIGHTS", str(root / "model.pth"), "MODEL.DEVICE", "cpu",
         "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0",
+        "MODEL.MASK_FORMER.TEST.PRECISION", "float32",
     ]  # fmt: skip
     return subprocess.Popen(
         command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
