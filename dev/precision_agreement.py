@@ -19,23 +19,30 @@ from mask_former.modeling.precision import inference_autocast_dtype
 from mask_former.utils.cpu import cpu_capability
 
 
+def _identical(a: list, b: list) -> float:
+    """The share of pixels with the same class in two lists of (H, W) label maps."""
+    same = sum(int((x == y).sum()) for x, y in zip(a, b))
+    return same / max(sum(x.numel() for x in a), 1)
+
+
 def agreement(config: str, weights: str, images: str, precision: str) -> dict:
-    """Identical semantic pixels of ``precision`` against float32, over the folder's images."""
-    same = total = 0
+    """
+    Identical semantic pixels of ``precision`` against float32 over the folder's images (batch
+    4), and of ``precision`` in batches of 4 against one image per call (batch independence).
+    """
     results = {}
-    for name in ("float32", precision):
-        predictor = Predictor(config, weights, device="cpu", precision=name)
-        results[name] = [p.semantic for p in predictor.predict_dir(images, progress=False)]
-    for reference, other in zip(results["float32"], results[precision]):
-        same += int((reference == other).sum())
-        total += reference.numel()
+    for name, batch_size in (("float32", 4), (precision, 4), (precision, 1)):
+        predictor = Predictor(config, weights, device="cpu", precision=name, batch_size=batch_size)
+        found = predictor.predict_dir(images, progress=False)
+        results[name, batch_size] = [p.semantic for p in found]
     dtype = inference_autocast_dtype(precision, "cpu")
     return {
         "precision": precision,
         "ran_as": "float32" if dtype is None else str(dtype).replace("torch.", ""),
         "cpu_capability": cpu_capability(),
-        "images": len(results["float32"]),
-        "identical_pixels": same / max(total, 1),
+        "images": len(results["float32", 4]),
+        "identical_pixels_vs_float32": _identical(results["float32", 4], results[precision, 4]),
+        "identical_pixels_batch_4_vs_1": _identical(results[precision, 4], results[precision, 1]),
     }
 
 
