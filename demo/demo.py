@@ -41,7 +41,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from mask_former.checkpoint import CheckpointError, UntrustedCheckpointError
 from mask_former.config import load_config
 from mask_former.data.io import IMAGE_EXTENSIONS, UnreadableImageError, list_images, read_image
-from mask_former.data.user_datasets import import_registration
+from mask_former.data.user_datasets import add_register_argument, import_registration
 from mask_former.inference import Prediction
 from mask_former.inference.drawing import PredictionVisualizer
 from mask_former.utils import atomic_output_path
@@ -116,15 +116,10 @@ def get_parser() -> argparse.ArgumentParser:
         "and many images): N workers, each with 1/N of the CPU threads (OMP_NUM_THREADS, else "
         "the cores); without N, one per GPU with CUDA, else 2",
     )
-    parser.add_argument(
-        "--register",
-        action="append",
-        default=[],
-        metavar="MODULE_OR_FILE",
-        help="a Python module (my_project.datasets) or file (my_datasets.py) that registers "
-        "datasets, imported first, so that the config's test dataset names the classes; may be "
-        "repeated. Class names come from the registered test dataset, else from the checkpoint, "
-        "else generic names 'class 0', ... (with a warning)",
+    add_register_argument(
+        parser,
+        ". Class names come from the config's registered test dataset, else from the "
+        "checkpoint, else generic names 'class 0', ... (with a warning)",
     )
     parser.add_argument(
         "--opts",

@@ -33,7 +33,7 @@ import mask_former  # noqa: F401  (registers the datasets)
 from mask_former.config import load_config
 from mask_former.data.checks import check_num_classes
 from mask_former.data.doctor import ERROR, DatasetReport, check_dataset
-from mask_former.data.user_datasets import import_registration
+from mask_former.data.user_datasets import add_register_argument, import_registration
 
 logger = logging.getLogger("mask_former.check_dataset")
 _DESCRIPTION = """\
@@ -57,14 +57,7 @@ def get_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--config-file", metavar="FILE", help="check DATASETS.TRAIN and DATASETS.TEST of a config"
     )
-    parser.add_argument(
-        "--register",
-        action="append",
-        default=[],
-        metavar="MODULE_OR_FILE",
-        help="a Python module (my_project.datasets) or file (my_datasets.py) that registers "
-        "datasets, imported first; may be repeated",
-    )
+    add_register_argument(parser)
     parser.add_argument(
         "--max-images", type=int, default=None, metavar="N", help="check the files of N records"
     )

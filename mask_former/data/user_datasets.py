@@ -5,12 +5,25 @@ that registers them (``--register`` of ``demo/demo.py`` and ``tools/check_datase
 the one place of the project that puts a user's folder on ``sys.path``.
 """
 
+import argparse
 import importlib
 import importlib.util
 import os
 import sys
 
-__all__ = ["import_registration"]
+__all__ = ["add_register_argument", "import_registration"]
+
+
+def add_register_argument(parser: argparse.ArgumentParser, why: str = "") -> None:
+    """Add ``--register MODULE_OR_FILE`` (repeatable) to a command line; ``why`` ends its help."""
+    parser.add_argument(
+        "--register",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="a Python module (my_project.datasets) or file (my_datasets.py) that registers "
+        "datasets, imported first; may be repeated" + why,
+    )
 
 
 def import_registration(target: str) -> None:
