@@ -420,13 +420,9 @@ def onnx_latency(
     """
     session = onnx_session(onnx_path, threads, providers)
     feed = {session.get_inputs()[0].name: _random_image(session, height, width, seed)}
-    samples = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        if i >= warmup:
-            samples.append(time.perf_counter() - start)
-    return samples
+    from ..benchmark import time_calls  # the project's one timing loop
+
+    return time_calls(lambda: session.run(None, feed), warmup, repeats, "cpu")
 
 
 @torch.no_grad()
