@@ -15,23 +15,24 @@ out: they are named here), that image and label sizes agree, that label values a
 the ignore label, that panoptic JSON and PNGs agree, and that the category metadata is
 complete; then prints a class-frequency table (see mask_former/data/doctor.py). With
 ``--config-file`` it checks every dataset of DATASETS.TRAIN and DATASETS.TEST, and
-MODEL.SEM_SEG_HEAD.NUM_CLASSES against each.
+MODEL.SEM_SEG_HEAD.NUM_CLASSES against each. ``--contact-sheet FILE.png`` also draws the files
+with errors, a thumbnail each with the reasons under it (mask_former/data/contact_sheet.py).
 
 Exit status: 0 no errors (warnings, such as another split of the dataset being absent, are
 fine), 1 errors, 2 usage error or unknown dataset.
 """
 
 import argparse
-import difflib
 import logging
 import sys
 from typing import List, Optional, Set
 
-from detectron2.data import DatasetCatalog
+from detectron2.data import MetadataCatalog
 
 import mask_former  # noqa: F401  (registers the datasets)
 from mask_former.config import load_config
-from mask_former.data.checks import check_num_classes
+from mask_former.data.checks import check_num_classes, unknown_datasets
+from mask_former.data.contact_sheet import write_contact_sheet
 from mask_former.data.doctor import ERROR, DatasetReport, check_dataset
 from mask_former.data.user_datasets import add_register_argument, import_registration
 
@@ -44,6 +45,7 @@ table per dataset. Name the datasets (--dataset), or give a config (--config-fil
 DATASETS.TRAIN and DATASETS.TEST and its MODEL.SEM_SEG_HEAD.NUM_CLASSES against each.
 Datasets of your own are registered by --register."""
 _NAME_WIDTH = 24  # longer class names are cut in the table
+_SHEET_TILES = 60  # files shown on the contact sheet
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -67,6 +69,12 @@ def get_parser() -> argparse.ArgumentParser:
         default=50,
         metavar="N",
         help="list at most N findings of each kind (0: all; default 50)",
+    )
+    parser.add_argument(
+        "--contact-sheet",
+        metavar="FILE.png",
+        help="also write a picture of the faulty files: a thumbnail of each (a crossed-out "
+        "placeholder for one that cannot be decoded) with the reasons under it",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument(
@@ -153,22 +161,11 @@ def format_report(report: DatasetReport, max_listed: int = 50) -> str:
     return "\n".join(lines)
 
 
-def _unknown(names: List[str]) -> List[str]:
-    registered = DatasetCatalog.list()
-    messages = []
-    for name in names:
-        if name not in registered:
-            close = difflib.get_close_matches(name, registered, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            messages.append(f"unknown dataset {name!r} (not registered){hint}")
-    return messages
-
-
 def run(names: List[str], args: argparse.Namespace, num_classes: Optional[int]) -> int:
     """Check each dataset and print its report; returns the exit status."""
     import tqdm
 
-    failed = 0
+    failed, reports = 0, []
     for name in names:
         wrap = None if args.no_progress else lambda it, n=name: tqdm.tqdm(it, desc=n, leave=False)
         report = check_dataset(name, max_images=args.max_images, progress=wrap)
@@ -180,9 +177,19 @@ def run(names: List[str], args: argparse.Namespace, num_classes: Optional[int]) 
         print(format_report(report, args.max_listed), flush=True)
         print(flush=True)
         failed += bool(report.errors)
+        reports.append(report)
     if len(names) > 1:
         print(f"{failed} of {len(names)} datasets have errors" if failed else "All datasets OK")
+    if args.contact_sheet:
+        _write_contact_sheet(reports, args.contact_sheet)
     return 1 if failed else 0
+
+
+def _write_contact_sheet(reports: List[DatasetReport], path: str) -> None:
+    ignore = {r.name: MetadataCatalog.get(r.name).get("ignore_label", None) for r in reports}
+    count = write_contact_sheet(reports, path, ignore_labels=ignore, max_tiles=_SHEET_TILES)
+    shown = f" (the first {_SHEET_TILES})" if count > _SHEET_TILES else ""
+    print(f"Contact sheet of {count} faulty files{shown}: {path}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -196,7 +203,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ImportError, FileNotFoundError, KeyError, ValueError, AssertionError) as e:
         print(f"check_dataset.py: error: {e}", file=sys.stderr)
         return 2
-    unknown = _unknown(names)
+    unknown = unknown_datasets(names)
     if unknown or not names:
         for message in unknown or ["the config names no datasets"]:
             print(f"check_dataset.py: error: {message}", file=sys.stderr)

@@ -1,15 +1,17 @@
 # Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
 """
 Checks of a config against the datasets it names, run where the model and the data meet: in
-the ``from_config`` of the dataset mappers, before the first record is read.
+the ``from_config`` of the dataset mappers, before the first record is read; and the one-line
+message of the tools for a dataset name that is not registered.
 """
 
+import difflib
 import logging
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
-__all__ = ["dataset_num_classes", "check_num_classes"]
+__all__ = ["dataset_num_classes", "check_num_classes", "unknown_datasets"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,3 +58,18 @@ def check_num_classes(num_classes: int, dataset_names: Sequence[str]) -> None:
             f"{NUM_CLASSES_KEY} is {num_classes} but dataset {name!r} has {count} classes "
             f"(len of its metadata {key}): {why}. Set {NUM_CLASSES_KEY} {count}."
         )
+
+
+def unknown_datasets(names: Sequence[str]) -> List[str]:
+    """
+    One message per name of ``names`` that is not registered, with the registered names
+    closest to it: "unknown dataset 'x' (not registered); did you mean a, b?".
+    """
+    registered = DatasetCatalog.list()
+    messages = []
+    for name in names:
+        if name not in registered:
+            close = difflib.get_close_matches(name, registered, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            messages.append(f"unknown dataset {name!r} (not registered){hint}")
+    return messages

@@ -27,79 +27,26 @@ What it checks, for the records of the dataset's loader and the folders of its m
 Shape shorthand: H, W image height and width; K classes.
 """
 
-import dataclasses
 import functools
 import json
 import os
 from collections import Counter
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from .checks import dataset_num_classes
+from .doctor_report import ERROR, WARNING, DatasetReport, Issue
 from .io import UnreadableImageError, list_images, open_image, rgb_to_ids
 from .mappers.reading import FILE_ROLES
 
 __all__ = ["ERROR", "WARNING", "Issue", "DatasetReport", "check_dataset", "sibling_splits"]
 
-ERROR, WARNING = "error", "warning"
 _SPLIT_WORDS = ("train", "val", "test", "training", "validation", "trainval", "minival")
 # Metadata keys that name a file or folder of ground truth or images.
 _PATH_KEYS = ("image_root", "sem_seg_root", "panoptic_root", "panoptic_json", "image_dir", "gt_dir")
-
-
-@dataclasses.dataclass(frozen=True)
-class Issue:
-    """One finding: ``severity`` ERROR or WARNING, a short ``kind``, and a ``detail`` that
-    names the file (or metadata key) concerned."""
-
-    severity: str
-    kind: str
-    detail: str
-
-
-@dataclasses.dataclass
-class DatasetReport:
-    """
-    The findings on one dataset and its class counts.
-
-    Attributes:
-        pixels, images, segments: contiguous class id -> labelled pixels, images in which
-            the class occurs, and panoptic segments (None for semantic data).
-        ignore_pixels: pixels with the ignore label (or VOID in a panoptic PNG).
-    """
-
-    name: str
-    evaluator_type: Optional[str] = None
-    paths: Dict[str, str] = dataclasses.field(default_factory=dict)
-    num_records: int = 0
-    num_checked: int = 0
-    class_names: List[str] = dataclasses.field(default_factory=list)
-    thing_ids: Set[int] = dataclasses.field(default_factory=set)
-    issues: List[Issue] = dataclasses.field(default_factory=list)
-    pixels: Counter = dataclasses.field(default_factory=Counter)
-    images: Counter = dataclasses.field(default_factory=Counter)
-    segments: Optional[Counter] = None
-    ignore_pixels: int = 0
-
-    def add(self, severity: str, kind: str, detail: str) -> None:
-        self.issues.append(Issue(severity, kind, detail))
-
-    def add_listed(self, severity: str, kind: str, detail: str, items: List) -> None:
-        """One finding listing ``items`` (the first 10) after ``detail``, if there are any."""
-        if items:
-            more = f" and {len(items) - 10} more" if len(items) > 10 else ""
-            self.add(severity, kind, f"{detail}: {items[:10]}{more}")
-
-    @property
-    def errors(self) -> List[Issue]:
-        return [i for i in self.issues if i.severity == ERROR]
-
-    @property
-    def warnings(self) -> List[Issue]:
-        return [i for i in self.issues if i.severity == WARNING]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,9 +175,11 @@ def _open(report: DatasetReport, record: Dict[str, Any], field: str) -> Optional
         return open_image(path, what)
     except UnreadableImageError as e:
         if e.reason == "no such file":
-            report.add(ERROR, "missing file", f"{what} {path} does not exist")
+            report.add(
+                ERROR, "missing file", f"{what} {path} does not exist", path=path, field=field
+            )
         else:
-            report.add(ERROR, "unreadable file", str(e))
+            report.add(ERROR, "unreadable file", str(e), path=path, field=field)
     return None
 
 
@@ -246,6 +195,8 @@ def _check_image(report: DatasetReport, record: Dict[str, Any]) -> Optional[Tupl
             "size mismatch",
             f"image {record['file_name']} is {size[1]}x{size[0]} (WxH) but its record says "
             f"{record['width']}x{record['height']}",
+            path=record["file_name"],
+            field="file_name",
         )
     return size
 
@@ -254,13 +205,16 @@ def _name(names: Sequence[str], class_id: int) -> str:
     return names[class_id] if 0 <= class_id < len(names) else f"class {class_id}"
 
 
-def _size_matches(report: DatasetReport, path: str, shape, image_path: str, size) -> bool:
+def _size_matches(report: DatasetReport, record: Dict, field: str, shape, size) -> bool:
     if size is None or tuple(shape[:2]) == tuple(size):
         return True
+    path, image_path = record[field], record["file_name"]
     report.add(
         ERROR,
         "size mismatch",
         f"{path} is {shape[1]}x{shape[0]} (WxH) but its image {image_path} is {size[1]}x{size[0]}",
+        path=path,
+        field=field,
     )
     return False
 
@@ -270,11 +224,12 @@ def _check_sem_seg(report: DatasetReport, record: Dict, size, ignore) -> None:
     image = _open(report, record, "sem_seg_file_name")
     if image is None:
         return
-    labels = np.asarray(image)
+    labels, file = np.asarray(image), {"path": path, "field": "sem_seg_file_name"}
     if labels.ndim != 2:
-        report.add(ERROR, "label format", f"label map {path} has shape {labels.shape}: one channel")
+        message = f"label map {path} has shape {labels.shape}: one channel"
+        report.add(ERROR, "label format", message, **file)
         return
-    if not _size_matches(report, path, labels.shape, record["file_name"], size):
+    if not _size_matches(report, record, "sem_seg_file_name", labels.shape, size):
         return
     values, pixels = np.unique(labels, return_counts=True)
     k = len(report.class_names)
@@ -284,6 +239,7 @@ def _check_sem_seg(report: DatasetReport, record: Dict, size, ignore) -> None:
         f"label map {path} has values outside the classes [0, {k}) and not the ignore label "
         f"{ignore}",
         [int(v) for v in values if not 0 <= v < k and v != ignore],
+        **file,
     )
     for value, n in zip(values.tolist(), pixels.tolist()):
         if value == ignore:
@@ -299,14 +255,15 @@ def _check_pan_seg(report: DatasetReport, record: Dict, size) -> None:
     if image is None:
         return
     rgb = np.asarray(image.convert("RGB"))
-    if not _size_matches(report, path, rgb.shape, record["file_name"], size):
+    if not _size_matches(report, record, "pan_seg_file_name", rgb.shape, size):
         return
     ids, pixels = np.unique(rgb_to_ids(rgb), return_counts=True)
     area = dict(zip(ids.tolist(), pixels.tolist()))
     segments = record.get("segments_info", [])
     listed = Counter(s["id"] for s in segments)
     names = report.class_names
-    error = functools.partial(report.add_listed, ERROR, "panoptic mismatch")
+    file = {"path": path, "field": "pan_seg_file_name"}
+    error = functools.partial(report.add_listed, ERROR, "panoptic mismatch", **file)
     error(f"{path}: segment ids listed twice", [i for i, n in listed.items() if n > 1])
     absent = [s for s in segments if s["id"] not in area]
     error(
@@ -333,9 +290,8 @@ def _count_segments(report: DatasetReport, path, segments, area, semantic: bool)
     for s in segments:
         category = s["category_id"]
         if not 0 <= category < k:
-            report.add(
-                ERROR, "label out of range", f"{path}: segment {s['id']} has class {category}"
-            )
+            message = f"{path}: segment {s['id']} has class {category}"
+            report.add(ERROR, "label out of range", message, path=path, field="pan_seg_file_name")
             continue
         report.segments[category] += 1
         if not semantic:
@@ -396,6 +352,8 @@ def _check_semantic_folders(report: DatasetReport, meta: Dict, records: List[Dic
             ERROR,
             "image without label",
             f"{images[stem]} has no label map in {gt_root} ({_load_sem_seg_does(images, labels)})",
+            path=images[stem],
+            field="file_name",
         )
     for stem in sorted(set(labels) - set(images)):
         report.add(WARNING, "label without image", f"{labels[stem]} has no image in {image_root}")
