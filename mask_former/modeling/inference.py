@@ -36,6 +36,9 @@ __all__ = [
 # Elements of one band of Q x R x W mask logits (about 4 MB in float32): small enough to stay in
 # cache between the resize, the sigmoid and the products that consume it.
 BAND_ELEMENTS = 1 << 20
+# Semantic inference holds all Q x H x W mask probabilities (float32: 256 MB) up to this size,
+# and goes band by band above it (large images).
+WHOLE_MASK_ELEMENTS = 1 << 26
 
 
 def bilinear_resize_matrix(
@@ -177,6 +180,12 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: MaskLogits) -> torch.T
     semseg = torch.empty(
         (probs_t.shape[0], height, width), dtype=mask_pred.dtype, device=mask_pred.device
     )
+    if num_queries * height * width <= WHOLE_MASK_ELEMENTS:
+        # One product written straight into the result: with many classes the K x H x W output
+        # dominates, and a band's (K, R, W) product would be made apart and then copied.
+        masks = _band(mask_pred, 0, height).sigmoid_().view(num_queries, -1)
+        torch.mm(probs_t, masks, out=semseg.view(probs_t.shape[0], -1))
+        return semseg
     for start, stop in _bands(mask_pred, num_queries):
         band = _band(mask_pred, start, stop).sigmoid_().view(num_queries, -1)
         semseg[:, start:stop] = (probs_t @ band).view(-1, stop - start, width)

@@ -196,10 +196,12 @@ def inference_outputs(
     """
     The network's last-layer outputs in inference: "pred_logits" (B, Q, K + 1) and
     "pred_masks" (B, Q, H/4, W/4), float32, from normalised padded images (B, 3, H, W).
-    On the CPU the images enter in channels-last layout (oneDNN's convolutions are faster
-    on it, at identical results); ``precision`` (TEST.PRECISION) may autocast the network.
+    On the CPU the images enter a convolutional backbone in channels-last layout (oneDNN's
+    convolutions are faster on it, at identical results; a backbone whose class sets
+    ``channels_last_input = False``, such as Swin, gets them as they are); ``precision``
+    (TEST.PRECISION) may autocast the network.
     """
-    if images.device.type == "cpu":
+    if images.device.type == "cpu" and getattr(backbone, "channels_last_input", True):
         images = images.contiguous(memory_format=torch.channels_last)
     dtype = inference_autocast_dtype(precision, images.device.type)
     with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):

@@ -70,6 +70,7 @@ def test_resize_matrices_must_fit_the_logits():
 def small_bands(monkeypatch):
     """Bands of a few rows, so that a small image is processed in several bands."""
     monkeypatch.setattr(inference, "BAND_ELEMENTS", 40)
+    monkeypatch.setattr(inference, "WHOLE_MASK_ELEMENTS", 0)
 
 
 def _random_case(seed, num_queries=6, num_classes=4):
@@ -85,6 +86,23 @@ def test_banded_semantic_equals_whole_tensor(small_bands):
     expected = torch.einsum("qk,qhw->khw", F.softmax(mask_cls, -1)[:, :-1], full.sigmoid())
     torch.testing.assert_close(semantic_inference(mask_cls, resized), expected)
     torch.testing.assert_close(semantic_inference(mask_cls, full), expected)
+
+
+def test_semantic_inference_in_one_product_equals_bands(monkeypatch):
+    mask_cls, resized = _random_case(5)
+    monkeypatch.setattr(inference, "BAND_ELEMENTS", 40)
+    monkeypatch.setattr(inference, "WHOLE_MASK_ELEMENTS", 0)
+    banded = semantic_inference(mask_cls, resized)
+    rows = []
+    original = ResizedMaskLogits.band
+    monkeypatch.setattr(
+        ResizedMaskLogits,
+        "band",
+        lambda self, a, b, q=None: rows.append(b - a) or original(self, a, b, q),
+    )
+    monkeypatch.setattr(inference, "WHOLE_MASK_ELEMENTS", resized.shape[0] * 19 * 22)
+    torch.testing.assert_close(semantic_inference(mask_cls, resized), banded)
+    assert rows == [19], "up to WHOLE_MASK_ELEMENTS the masks are made in one piece"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

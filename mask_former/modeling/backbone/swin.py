@@ -391,6 +391,10 @@ class D2SwinTransformer(SwinTransformer, Backbone):
     8, 16, 32). Any input size works (padded internally); ``size_divisibility`` is 32.
     """
 
+    # Its one convolution gains nothing from a channels-last input, and the token layout after
+    # it costs a copy (backbone at 512x704, 2 threads: 0.58 s channels-last vs 0.51 s).
+    channels_last_input = False
+
     @configurable
     def __init__(self, *, out_features: List[str], **swin_kwargs):
         """
