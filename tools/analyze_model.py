@@ -14,15 +14,17 @@ Usage:
 
 FLOPs and activations are counted by fvcore on a traced run of the model in eval mode
 (inference post-processing included), one image at a time; the tool prints the per-module
-table of the first input and the mean and standard deviation of the totals over all inputs.
-Element-wise operations are not counted, as in Detectron2's analysis tools.
+table of the first input, the mean and standard deviation of the totals over all inputs, and
+the input sizes it measured (FLOPs grow with the image size). A progress bar on stderr counts
+the inputs (``--no-progress``: none). Element-wise operations are not counted, as in
+Detectron2's analysis tools.
 """
 
 import argparse
 import logging
 import sys
 from collections import Counter
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -36,6 +38,7 @@ from fvcore.nn import (
     flop_count_table,
     parameter_count_table,
 )
+from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 from mask_former.checkpoint import CheckpointError, UntrustedCheckpointError, load_model_weights
@@ -116,19 +119,64 @@ def _count_nothing(inputs, outputs) -> Counter:
     return Counter()
 
 
-def run_analyses(analysis_cls, model: nn.Module, images: Iterable[torch.Tensor]) -> List:
-    """Run one fvcore analysis per image, with Detectron2's list of ignored operators."""
+def _mm_flops(inputs, outputs) -> int:
+    """
+    Multiply-accumulates of ``aten::mm`` (N, K) x (K, M): N K M, as fvcore's matmul handle
+    counts them; it also accepts the traced ``out=`` tensor as a third input, which fvcore's
+    handle refuses (inference writes some products straight into its result).
+    """
+    (n, k), (_, m) = get_shape(inputs[0]), get_shape(inputs[1])
+    return n * k * m
+
+
+def run_analyses(
+    analysis_cls,
+    model: nn.Module,
+    images: Iterable[torch.Tensor],
+    progress: Optional[Callable[[Iterable], Iterable]] = None,
+) -> List:
+    """
+    Run one fvcore analysis per image, with Detectron2's list of ignored operators.
+    ``progress`` wraps the iteration over images (e.g. a tqdm bar), or None.
+    """
     wrapper = TensorOutputs(model).eval()
     analyses = []
-    for image in images:
+    for image in progress(images) if progress else images:
         analysis = analysis_cls(wrapper, (image,))
         # A zero-count handle rather than None: fvcore still counts an op that has a built-in
         # handle (e.g. batch_norm) when it is merely marked as ignored.
         analysis.set_op_handle(**{op: _count_nothing for op in IGNORED_OPS})
+        if isinstance(analysis, FlopCountAnalysis):
+            analysis.set_op_handle("aten::mm", _mm_flops)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         analysis.total()  # runs the trace now, under no_grad below
         analyses.append(analysis)
     return analyses
+
+
+def _recording_sizes(images: Iterable[torch.Tensor], sizes: List) -> Iterator[torch.Tensor]:
+    """``images`` unchanged, appending each one's (H, W) to ``sizes`` as it passes."""
+    for image in images:
+        sizes.append(tuple(image.shape[-2:]))
+        yield image
+
+
+def format_input_sizes(sizes: Sequence[Tuple[int, int]], most: int = 5) -> str:
+    """
+    "Input size (H x W): 64 x 64 (1 input)", or for inputs of several sizes the ``most``
+    commonest with their counts, how many other sizes, and the mean height and width.
+    """
+    counts = Counter(sizes).most_common()
+    if len(counts) == 1:
+        (h, w), n = counts[0]
+        return f"Input size (H x W): {h} x {w} ({n} input{'s' * (n > 1)})"
+    listed = ", ".join(f"{h} x {w} ({n})" for (h, w), n in counts[:most])
+    more = f", and {len(counts) - most} other sizes" if len(counts) > most else ""
+    mean_h, mean_w = np.mean(np.array(sizes, dtype=np.float64), axis=0)
+    return (
+        f"Input sizes (H x W) of the {len(sizes)} inputs: {listed}{more}; "
+        f"mean {mean_h:.0f} x {mean_w:.0f}"
+    )
 
 
 def _summarize(name: str, unit: str, analyses: Sequence, scale: float) -> str:
@@ -146,9 +194,33 @@ def _summarize(name: str, unit: str, analyses: Sequence, scale: float) -> str:
     )
 
 
+def _progress_bar(task: str, num_inputs: int) -> Callable[[Iterable], Iterable]:
+    import tqdm
+
+    return lambda items: tqdm.tqdm(
+        items, desc=f"{task} count", total=num_inputs, unit="input", file=sys.stderr
+    )
+
+
+def _inputs_text(cfg: CfgNode, num_inputs: int, fixed_input_size: bool) -> str:
+    if fixed_input_size:
+        size = cfg.INPUT.CROP.SIZE[0]
+        return f"{num_inputs} zero image(s) of {size} x {size}"
+    return f"up to {num_inputs} images of {cfg.DATASETS.TEST[0]} resized as at test time"
+
+
 @torch.no_grad()
-def analyze(cfg: CfgNode, tasks: Sequence[str], num_inputs: int, fixed_input_size: bool) -> str:
-    """Run the requested analyses on the model of ``cfg``; return the report text."""
+def analyze(
+    cfg: CfgNode,
+    tasks: Sequence[str],
+    num_inputs: int,
+    fixed_input_size: bool,
+    progress: bool = True,
+) -> str:
+    """
+    Run the requested analyses on the model of ``cfg``; return the report text.
+    ``progress``: a progress bar of the inputs on stderr for the flop and activation counts.
+    """
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:  # the counts do not depend on the weights: none is fine here
         load_model_weights(model, cfg.MODEL.WEIGHTS, allow_partial=cfg.MODEL.ALLOW_PARTIAL_WEIGHTS)
@@ -160,15 +232,19 @@ def analyze(cfg: CfgNode, tasks: Sequence[str], num_inputs: int, fixed_input_siz
         elif task == "structure":
             reports.append("Model structure:\n" + str(model))
         else:
-            images = iter_images(cfg, num_inputs, fixed_input_size)
+            logger.info("Counting %s on %s", task, _inputs_text(cfg, num_inputs, fixed_input_size))
+            sizes: List[Tuple[int, int]] = []
+            images = _recording_sizes(iter_images(cfg, num_inputs, fixed_input_size), sizes)
             counter = FlopCountAnalysis if task == "flop" else ActivationCountAnalysis
-            analyses = run_analyses(counter, model, images)
+            bar = _progress_bar(task, num_inputs) if progress else None
+            analyses = run_analyses(counter, model, images, bar)
             if not analyses:
                 raise ValueError(f"No input image for the {task} analysis: the test set is empty")
             if task == "flop":
-                reports.append(_summarize("Flop", "GFLOPs", analyses, 1e9))
+                summary = _summarize("Flop", "GFLOPs", analyses, 1e9)
             else:
-                reports.append(_summarize("Activation", "M activations", analyses, 1e6))
+                summary = _summarize("Activation", "M activations", analyses, 1e6)
+            reports.append(f"{summary}\n{format_input_sizes(sizes)}")
     return "\n\n".join(reports)
 
 
@@ -213,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use zero images of the training crop size instead of test images",
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
@@ -239,7 +316,9 @@ def main(argv: Optional[List[str]] = None) -> str:
     """Run the analyses of the command line; print and return the report."""
     args = parse_args(argv)
     cfg = setup(args)
-    report = analyze(cfg, args.tasks, args.num_inputs, args.use_fixed_input_size)
+    report = analyze(
+        cfg, args.tasks, args.num_inputs, args.use_fixed_input_size, not args.no_progress
+    )
     print(report)
     return report
 

@@ -15,7 +15,8 @@ the prediction and in the ground truth, is taken as one segment; segments of the
 match when their IoU is above 0.5. As in COCO panoptic evaluation, pixels of the ignore label
 are void: they are left out of the IoU, and an unmatched predicted segment that is more than
 half void is not a false positive. All categories are stuff, so the "All" and "Stuff" rows
-agree. The tool also prints the mIoU of the same predictions.
+agree. The tool also prints the mIoU of the same predictions. A progress bar on stderr counts
+the images (``--no-progress``: none).
 """
 
 import argparse
@@ -23,7 +24,7 @@ import json
 import logging
 import sys
 from collections import defaultdict
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -147,10 +148,15 @@ def _read_gt(path: str) -> np.ndarray:
         raise ValueError(f"Cannot read the ground-truth segmentation {path}: {e}") from e
 
 
-def evaluate(dataset_name: str, json_file: str) -> Dict[str, Dict[str, float]]:
+def evaluate(
+    dataset_name: str,
+    json_file: str,
+    progress: Optional[Callable[[Iterable], Iterable]] = None,
+) -> Dict[str, Dict[str, float]]:
     """
     Compute PQ/SQ/RQ (All, Stuff) and mIoU of the predictions in ``json_file`` against the
-    registered dataset ``dataset_name``.
+    registered dataset ``dataset_name``. ``progress`` wraps the iteration over the predicted
+    images (e.g. a tqdm bar), or None.
     """
     metadata = MetadataCatalog.get(dataset_name)
     num_classes = len(metadata.stuff_classes)
@@ -169,7 +175,8 @@ def evaluate(dataset_name: str, json_file: str) -> Dict[str, Dict[str, float]]:
 
     pq_stat = PQStat()
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for file_name, entries in predictions.items():
+    items = list(predictions.items())
+    for file_name, entries in progress(items) if progress else items:
         gt = _read_gt(gt_files[file_name])
         pred = rebuild_label_map(entries, gt.shape, dataset_to_contiguous)
         accumulate_pq(pred, gt, ignore_label, pq_stat)
@@ -195,6 +202,12 @@ def format_results(results: Mapping[str, Mapping[str, float]]) -> str:
     return f"{table}\nmIoU: {results['mIoU']['mIoU']:.3f}"
 
 
+def _bar(items: Sequence) -> Iterable:
+    import tqdm
+
+    return tqdm.tqdm(items, desc="PQ of semantic predictions", unit="image", file=sys.stderr)
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -207,11 +220,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
         "--json-file", required=True, help="sem_seg_predictions.json written by SemSegEvaluator"
     )
     parser.add_argument("--output", help="also write the results to this json file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
     if args.dataset_name not in DatasetCatalog.list():
         parser.error(f"--dataset-name {args.dataset_name!r} is not a registered dataset")
 
-    results = evaluate(args.dataset_name, args.json_file)
+    results = evaluate(args.dataset_name, args.json_file, None if args.no_progress else _bar)
     if args.output:
         with atomic_write(args.output, "w") as f:
             json.dump(results, f, indent=2)

@@ -15,6 +15,7 @@ Shape shorthand in this module: H, W image height and width.
 import colorsys
 import dataclasses
 import os
+import re
 import textwrap
 from typing import Dict, List, Optional, Sequence
 
@@ -38,6 +39,7 @@ _FONT = 7  # points, detectron2's Visualizer.draw_text
 _BACKGROUND = (32, 32, 32)
 _PLACEHOLDER = (128, 128, 128)
 _GOLDEN = 0.6180339887498949  # hue step: neighbouring values get distant colours
+_FOLDERS = re.compile(r"[^\s'\"(]*[\\/]([^\s'\"\\/]+)")  # a path -> its last part
 
 
 @dataclasses.dataclass
@@ -108,8 +110,9 @@ def _thumbnail(faulty: FaultyFile) -> Optional[np.ndarray]:
 
 
 def _caption(faulty: FaultyFile) -> str:
+    """The file's name, then its reasons with every path cut to its file name."""
     name = os.path.basename(faulty.path)
-    reasons = "; ".join(r.replace(faulty.path, name) for r in faulty.reasons)
+    reasons = _FOLDERS.sub(r"\1", "; ".join(faulty.reasons))
     lines = textwrap.wrap(reasons, _CHARS, max_lines=5, placeholder=" ...")
     return "\n".join([textwrap.shorten(name, _CHARS, placeholder="...")] + lines)
 

@@ -45,7 +45,13 @@ def test_flops_and_parameters_of_the_shapes_model(tool, capsys):
     assert f"{num_params / 1e6:.3f}M" in report  # first row of the parameter table
     assert "Total GFLOPs" in report and "over 1 input(s)" in report
     assert "Total M activations" in report
-    assert report in capsys.readouterr().out
+    # The input size it measured, after each count, and a progress bar of the inputs.
+    assert report.count("Input size (H x W): 64 x 64 (1 input)\n") == 1
+    assert report.endswith("Input size (H x W): 64 x 64 (1 input)")
+    captured = capsys.readouterr()
+    assert report in captured.out
+    assert "flop count: 100%" in captured.err and "activation count: 100%" in captured.err
+    assert "1/1" in captured.err
 
     # The backbone's count is exactly its convolutions' multiply-accumulates (BatchNorm,
     # ReLU and max-pooling are not counted), computed here from forward hooks.
@@ -96,3 +102,34 @@ def test_help_says_which_flags_are_ignored(tool, capsys):
     for flag in ("--eval-only", "--resume", "--num-gpus", "--num-machines", "--dist-url"):
         assert flag not in used and flag in ignored
     assert ignored.count("accepted for old command lines and ignored") == 6
+
+
+def test_input_sizes_are_summarized(tool):
+    sizes = tool("analyze_model").format_input_sizes
+    assert sizes([(64, 64)] * 3) == "Input size (H x W): 64 x 64 (3 inputs)"
+    text = sizes([(512, 683), (512, 512), (512, 683), (480, 640)], most=2)
+    assert text == (
+        "Input sizes (H x W) of the 4 inputs: 512 x 683 (2), 512 x 512 (1), and 1 other "
+        "sizes; mean 504 x 630"
+    )
+
+
+def test_no_progress_bar_when_asked(tool, capsys):
+    analyze = tool("analyze_model")
+    argv = ["--tasks", "flop", "--num-inputs", "1", "--use-fixed-input-size", "--no-progress"]
+    report = analyze.main(argv + ["--config-file", CONFIG, "INPUT.CROP.SIZE", "[32, 32]"])
+    assert report.endswith("Input size (H x W): 32 x 32 (1 input)")
+    assert "flop count" not in capsys.readouterr().err
+
+
+class _ProductInto(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        result = torch.empty(a.shape[0], b.shape[1])
+        torch.mm(a, b, out=result)  # traced with the out tensor as a third input
+        return result
+
+
+def test_products_written_into_their_result_are_counted(tool):
+    analysis = FlopCountAnalysis(_ProductInto(), (torch.ones(2, 3), torch.ones(3, 5)))
+    analysis.set_op_handle("aten::mm", tool("analyze_model")._mm_flops)
+    assert analysis.total() == 2 * 3 * 5

@@ -274,3 +274,54 @@ def test_command_line_on_the_builtin_ade20k_name(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ade20k_sem_seg_train: image_root" in result.stdout
     assert "wall" in result.stdout  # the class table has the ADE20K names
+
+
+# The contact sheet's layout (mask_former/data/contact_sheet.py): a title line, then tiles of
+# TILE x TILE pixels with a caption under each, GAP apart.
+TILE, CAPTION, TITLE, GAP = 200, 86, 30, 4
+PLACEHOLDER = (128, 128, 128)
+
+
+def _tile(sheet: np.ndarray, index: int, columns: int) -> np.ndarray:
+    x = GAP + (index % columns) * (TILE + GAP)
+    y = TITLE + (index // columns) * (TILE + CAPTION + GAP)
+    return sheet[y : y + TILE + CAPTION, x : x + TILE]
+
+
+def test_contact_sheet_of_the_faulty_files(tmp_path, doctor, capsys):
+    root = _miniature(tmp_path, num_images=4)
+    images, labels = root / "images" / "val", root / "sem_seg" / "val"
+    data = (images / "000001.jpg").read_bytes()
+    (images / "000001.jpg").write_bytes(data[: len(data) // 3])  # cannot be decoded
+    _write_png(labels / "000002.png", np.zeros((10, 12), np.uint8))  # wrong size, all class 0
+    sheet_path = tmp_path / "sheets" / "faulty.png"
+    status, out = doctor(
+        capsys, "--dataset", _register_semantic(root), "--contact-sheet", str(sheet_path)
+    )
+    assert status == 1
+    assert f"Contact sheet of 2 faulty files: {sheet_path}" in out.out
+    sheet = np.asarray(Image.open(sheet_path).convert("RGB"))
+    # Two tiles side by side (the clean files 000000 and 000003 have none).
+    assert sheet.shape == (TITLE + TILE + CAPTION + GAP, GAP + 2 * (TILE + GAP), 3)
+    undecodable, label_map = _tile(sheet, 0, 2), _tile(sheet, 1, 2)
+    # The truncated image: a grey placeholder, crossed out in black.
+    thumb = undecodable[:TILE].reshape(-1, 3)
+    assert (thumb == PLACEHOLDER).all(axis=1).mean() > 0.9
+    assert (thumb == 0).all(axis=1).sum() > TILE  # the cross
+    # The 12 x 10 label map, enlarged to the tile's width: one colour (class 0), not grey.
+    enlarged = label_map[: TILE * 10 // 12 - 2, 2 : TILE - 2].reshape(-1, 3)
+    assert (enlarged == enlarged[0]).all() and tuple(enlarged[0]) != PLACEHOLDER
+    # The reasons: white text in each caption.
+    for tile in (undecodable, label_map):
+        assert (tile[TILE:] > 200).all(axis=-1).sum() > 100
+
+
+def test_contact_sheet_without_faulty_files_is_its_title(tmp_path, doctor, capsys):
+    name = _register_semantic(_miniature(tmp_path, num_images=2))
+    sheet_path = tmp_path / "faulty.png"
+    sheet_path.write_bytes(b"an old sheet")
+    status, out = doctor(capsys, "--dataset", name, "--contact-sheet", str(sheet_path))
+    assert status == 0
+    assert f"Contact sheet of 0 faulty files: {sheet_path}" in out.out
+    sheet = np.asarray(Image.open(sheet_path).convert("RGB"))
+    assert sheet.shape[0] == TITLE and (sheet > 230).all(axis=-1).sum() > 100  # the title
