@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 import pytest
+from PIL import Image
 
 from mask_former import load_config
 from tests.paths import REPO_ROOT
@@ -74,6 +75,7 @@ def test_the_guide_has_its_files_and_commands():
     assert [c.split()[1] for c in commands] == [
         "make_my_dataset.py",
         "tools/check_dataset.py",
+        *["tools/visualize_data.py"] * 2,
         *["train_my.py"] * 4,
     ]
 
@@ -121,9 +123,14 @@ def test_the_guide_runs_as_written(tmp_path):
     for name in ("my_sem_seg_train", "my_sem_seg_val", "my_panoptic_train", "my_panoptic_val"):
         assert f"== {name} " in doctor
     assert "All datasets OK" in doctor and "Class frequency (16 images checked)" in doctor
+    # The pictures: one per record as stored (4 val images), 4 crops after the train mapper.
+    pictures = work / "output" / "pictures"
+    assert len(list((pictures / "my_panoptic_val").glob("*.png"))) == 4
+    crops = sorted((pictures / "my_panoptic_train").glob("*.png"))
+    assert [Image.open(p).size for p in crops] == [(128, 128)] * 4  # the config's crop
     for run in ("my_sem_seg", "my_panoptic"):
         assert (work / "output" / run / "model_final.pth").is_file()
     # The --eval-only runs log detectron2's "copypaste:" result lines.
-    semantic_eval, panoptic_eval = (outputs[i].stdout + outputs[i].stderr for i in (3, 5))
+    semantic_eval, panoptic_eval = (outputs[i].stdout + outputs[i].stderr for i in (5, 7))
     assert "copypaste: mIoU" in semantic_eval
     assert "copypaste: PQ" in panoptic_eval and "copypaste: mIoU" in panoptic_eval
