@@ -11,7 +11,8 @@ Two sources, as detectron2's ``tools/visualize_data.py``:
   with its ``segments_info`` when the record has one, else the semantic label map;
 - "dataloader": what the model is trained on: the record after the config's train mapper
   (augmentation, crop, padding), its targets drawn: one region per target mask
-  (``instances.gt_masks`` and ``gt_classes``), things as instances for panoptic records.
+  (``instances.gt_masks`` and ``gt_classes``), things as instances where the mapper makes
+  panoptic targets (the semantic mapper makes one target per class: class regions).
 
 A record whose files cannot be read or drawn is skipped with the reader's message; the
 others are still drawn. Colours are reproducible: a record is drawn alike in every run.
@@ -36,12 +37,17 @@ from PIL import Image
 from ..inference.drawing import _reproducible_colours
 from ..utils.atomic_io import atomic_output_path
 from .io import rgb_to_ids
-from .mappers import build_train_mapper
+from .mappers import (
+    DETRPanopticDatasetMapper,
+    MaskFormerPanopticDatasetMapper,
+    build_train_mapper,
+)
 from .mappers.reading import read_image, read_label_map, read_panoptic_rgb
 
 __all__ = [
     "SOURCES",
     "PicturesResult",
+    "dataset_records",
     "draw_record",
     "draw_targets",
     "picture_names",
@@ -197,8 +203,10 @@ def _drawer(cfg: Optional[CfgNode], source: str, scale: float) -> Callable[[str,
             "train mapper: there are no MaskFormer targets to draw"
         )
 
+    # Their targets are panoptic segments (the semantic mapper's: one per class).
+    panoptic = isinstance(mapper, (MaskFormerPanopticDatasetMapper, DETRPanopticDatasetMapper))
+
     def draw(name: str, record: Dict) -> np.ndarray:
-        panoptic = "pan_seg_file_name" in record
         return draw_targets(
             mapper(record),
             MetadataCatalog.get(name),

@@ -226,3 +226,28 @@ def test_unknown_names_and_missing_configs_are_refused(mini, visualize, capsys, 
     assert status == 2
     assert output.err.startswith("visualize_data.py: error: MODEL.SEM_SEG_HEAD.NUM_CLASSES is 5")
     assert not Path(out).exists()
+
+
+def test_a_config_draws_its_training_datasets(mini, visualize, capsys, tmp_path):
+    root, semantic, panoptic = mini
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        f"_BASE_: {SEMANTIC_CONFIG}\nDATASETS:\n  TRAIN: ['{semantic}', '{panoptic}']\n"
+    )
+    out = tmp_path / "pictures"
+    status, output = visualize(
+        capsys, "--config-file", str(config), "--output", str(out), "--num", "4"
+    )
+    assert status == 0, output.err
+    # Several datasets: each picture's name starts with its dataset's.
+    stems = [p[: -len(".png")] for p in _names(root)]
+    expected = [f"{semantic}__{s}.png" for s in stems] + [f"{panoptic}__{stems[0]}.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
+
+
+def test_progress_bar_on_stderr(mini, tool, capsys, tmp_path):
+    _, semantic, _ = mini
+    argv = ["--dataset", semantic, "--output", str(tmp_path), "--num", "2"]
+    assert tool("visualize_data").main(argv) == 0
+    err = capsys.readouterr().err
+    assert "drawing (annotation): 100%" in err and "2/2" in err
