@@ -185,6 +185,10 @@ def _add_mask_former_model_config(cfg: CN) -> None:
     # float16 on CUDA. Post-processing always runs in float32. The default stays float32, so
     # evaluation reproduces the original's numbers; the Predictor and the demo run "auto".
     cfg.MODEL.MASK_FORMER.TEST.PRECISION = "float32"
+    # Run the network of inference through torch.compile (inductor, with frozen weights on the
+    # CPU), made on the first inference call; each padded input shape compiles once (up to 4
+    # shapes, then eager). See mask_former/modeling/compiled.py and docs/performance.md.
+    cfg.MODEL.MASK_FORMER.TEST.COMPILE = False
     # "whole": the network sees the whole (test-resized) image at once. "slide": it sees windows
     # of SLIDE_CROP_SIZE (H, W) every SLIDE_STRIDE (H, W) pixels, the last window of a row or
     # column aligned to the image's border, and the semantic scores of overlapping windows are

@@ -26,6 +26,7 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
 
+from .compiled import CompiledNetwork
 from .criterion import SetCriterion, loss_weights
 from .inference import (
     instance_inference,
@@ -281,6 +282,7 @@ class MaskFormer(nn.Module):
         test_mode: str = "whole",
         slide_crop_size: Tuple[int, int] = (512, 512),
         slide_stride: Tuple[int, int] = (341, 341),
+        test_compile: bool = False,
     ):
         """
         Args:
@@ -300,6 +302,8 @@ class MaskFormer(nn.Module):
             test_mode: "whole" or "slide" (sliding-window semantic inference, see
                 :mod:`.sliding_window`), with windows of ``slide_crop_size`` (H, W) every
                 ``slide_stride`` (H, W) pixels.
+            test_compile: run the network of inference calls (no gradients) through
+                ``torch.compile``, made on the first such call (:mod:`.compiled`).
         """
         super().__init__()
         _check_outputs_enabled(semantic_on, panoptic_on, instance_on)
@@ -326,6 +330,8 @@ class MaskFormer(nn.Module):
         self.test_mode = test_mode
         self.slide_crop_size = tuple(slide_crop_size)
         self.slide_stride = tuple(slide_stride)
+        # A plain object, not a submodule: the state_dict keys stay those of the eager model.
+        self.compiled_network = CompiledNetwork(inference_outputs) if test_compile else None
 
     @classmethod
     def from_config(cls, cfg):
@@ -353,6 +359,7 @@ class MaskFormer(nn.Module):
             "test_mode": mf.TEST.MODE,
             "slide_crop_size": tuple(mf.TEST.SLIDE_CROP_SIZE),
             "slide_stride": tuple(mf.TEST.SLIDE_STRIDE),
+            "test_compile": mf.TEST.COMPILE,
         }
 
     @property
@@ -425,7 +432,26 @@ class MaskFormer(nn.Module):
         Normalised padded images (B, 3, H, W) -> the head's last-layer "pred_logits"
         (B, Q, K + 1) and "pred_masks" (B, Q, H/4, W/4), float32 (:func:`inference_outputs`).
         """
-        return inference_outputs(self.backbone, self.sem_seg_head, images, self.inference_precision)
+        network = self.compiled_network or inference_outputs
+        return network(self.backbone, self.sem_seg_head, images, self.inference_precision)
+
+    # The compiled network froze the weights it saw: whatever may change them drops it.
+    def load_state_dict(self, *args, **kwargs):
+        self._reset_compiled()
+        return super().load_state_dict(*args, **kwargs)
+
+    def _apply(self, *args, **kwargs):
+        self._reset_compiled()
+        return super()._apply(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._reset_compiled()
+        return super().train(mode)
+
+    def _reset_compiled(self) -> None:
+        if getattr(self, "compiled_network", None) is not None:
+            self.compiled_network.reset()
 
     def slide_inference(self, inputs: Dict, labels_only: bool = False) -> torch.Tensor:
         """

@@ -1,0 +1,107 @@
+# Copyright (c) MaskFormer-D2 contributors. Licensed under the Apache License, Version 2.0.
+"""
+Compiled inference (MODEL.MASK_FORMER.TEST.COMPILE): the network half of an inference call
+(backbone and head, :func:`~.meta_arch.inference_outputs`) through ``torch.compile``; the
+post-processing stays eager (it is shaped by each image's output size).
+
+* The compiled function is made on the first inference call, not when the model is built, so
+  building, loading and saving a model are unchanged (its ``state_dict`` keys too: nothing is
+  registered as a submodule).
+* Shapes are static: each distinct padded input shape compiles once, up to ``max_shapes``
+  shapes; inputs of further shapes run eagerly (logged once), so a folder of images of many
+  sizes never recompiles without bound. Dynamic shapes were not used: on the CPU they give up
+  the shape-specialised kernels that make compilation pay.
+* Inductor's ``freezing`` treats the weights as constants (folded and pre-packed for oneDNN).
+  The compiled function is therefore dropped whenever the weights may change: when the
+  model's weights are loaded, when it is moved (``.to``, ``.cpu``...) and when it enters
+  training mode. Calls with gradients enabled run eagerly.
+
+Shape shorthand: B images, H, W the padded input size, Q queries, K classes.
+"""
+
+import logging
+from typing import Callable, Dict, Optional, Set, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["CompiledNetwork", "MAX_COMPILED_SHAPES"]
+
+logger = logging.getLogger(__name__)
+
+# Distinct input shapes compiled before further shapes run eagerly (each compile of the R50
+# network takes 30 to 60 s on 2 cores).
+MAX_COMPILED_SHAPES = 4
+# torch.compile's backend, and its options for CPU inference.
+BACKEND = "inductor"
+INDUCTOR_OPTIONS = {"freezing": True}
+
+ShapeKey = Tuple[Tuple[int, ...], torch.dtype, str, str]
+
+
+class CompiledNetwork:
+    """
+    ``network(backbone, sem_seg_head, images, precision)`` through ``torch.compile``, made on
+    first use and bounded to ``max_shapes`` input shapes; a plain object (not an
+    ``nn.Module``), so the model that holds it keeps its parameters and keys.
+    """
+
+    def __init__(self, network: Callable, max_shapes: int = MAX_COMPILED_SHAPES):
+        """
+        Args:
+            network: ``(backbone, sem_seg_head, images (B, 3, H, W), precision) -> outputs``.
+            max_shapes: distinct (shape, dtype, device, precision) inputs to compile.
+        """
+        self.network = network
+        self.max_shapes = max_shapes
+        self._compiled: Optional[Callable] = None
+        self._shapes: Set[ShapeKey] = set()
+        self._told_eager = False
+
+    @property
+    def compiled_shapes(self) -> Set[ShapeKey]:
+        """The input keys compiled since the last :meth:`reset`."""
+        return set(self._shapes)
+
+    def reset(self) -> None:
+        """Forget the compiled function (the weights it froze may have changed)."""
+        self._compiled = None
+        self._shapes.clear()
+        self._told_eager = False
+
+    def _admit(self, key: ShapeKey) -> bool:
+        """Whether ``key`` runs compiled: already compiled, or room for one more shape."""
+        if key in self._shapes:
+            return True
+        if len(self._shapes) >= self.max_shapes:
+            if not self._told_eager:
+                self._told_eager = True
+                logger.info(
+                    "MODEL.MASK_FORMER.TEST.COMPILE: %d input shapes compiled; inputs of other "
+                    "shapes (here %s) run eagerly",
+                    self.max_shapes,
+                    tuple(key[0]),
+                )
+            return False
+        self._shapes.add(key)
+        logger.info(
+            "MODEL.MASK_FORMER.TEST.COMPILE: compiling the network for input %s (%s); the "
+            "first call of each shape takes a while",
+            tuple(key[0]),
+            key[3],
+        )
+        return True
+
+    def __call__(
+        self, backbone: nn.Module, sem_seg_head: nn.Module, images: torch.Tensor, precision: str
+    ) -> Dict[str, torch.Tensor]:
+        key = (tuple(images.shape), images.dtype, str(images.device), precision)
+        if torch.is_grad_enabled() or not self._admit(key):
+            return self.network(backbone, sem_seg_head, images, precision)
+        if self._compiled is None:
+            cpu_inductor = BACKEND == "inductor" and images.device.type == "cpu"
+            options = INDUCTOR_OPTIONS if cpu_inductor else None
+            self._compiled = torch.compile(
+                self.network, backend=BACKEND, dynamic=False, options=options
+            )
+        return self._compiled(backbone, sem_seg_head, images, precision)
