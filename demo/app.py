@@ -34,6 +34,7 @@ from app_core import (
     AppModel,
     ImageResult,
     legend_html,
+    named_uploads,
     render,
     resolve_model,
     shapes_val_images,
@@ -52,6 +53,8 @@ GRADIO_MISSING = (
 # System fonts only: the page loads no font from elsewhere.
 SANS = ["ui-sans-serif", "system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"]
 MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
+# Result images: PNG (exact colours), no "share" button (it posts to a hosting service).
+IMAGE_OUTPUT = dict(type="numpy", format="png", height=360, buttons=["download", "fullscreen"])
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -99,7 +102,7 @@ class Page:
         return (uploads, results, *self.show(results, names[0] if names else None, task, inst))
 
     def on_files(self, files: Optional[Sequence[str]], omt, ovt, task, inst) -> Tuple[Any, ...]:
-        uploads = [(os.path.basename(f), f) for f in files or []]
+        uploads = named_uploads(files or [])
         return self.predict(uploads, omt, ovt, task, inst)
 
     def on_example(self, example: Optional[str], omt, ovt, task, inst) -> Tuple[Any, ...]:
@@ -167,22 +170,21 @@ def build_page(model: AppModel, examples: List[str], work_dir: str):
             with gr.Column(scale=2):
                 chosen = gr.Dropdown(label="Image", choices=[], elem_id="chosen")
                 with gr.Row():
-                    overlay = gr.Image(
-                        label="Result", type="numpy", format="png", elem_id="overlay"
-                    )
-                    classes = gr.Image(
-                        label="Classes", type="numpy", format="png", elem_id="classes"
-                    )
+                    overlay = gr.Image(label="Result", elem_id="overlay", **IMAGE_OUTPUT)
+                    classes = gr.Image(label="Classes", elem_id="classes", **IMAGE_OUTPUT)
                 legend = gr.HTML(elem_id="legend")
                 table = gr.Dataframe(
                     headers=TABLE_HEADERS, label="Segments", interactive=False, elem_id="segments"
                 )
                 downloads = gr.File(
-                    label="Downloads: id map (PNG), segments (JSON)", elem_id="downloads"
+                    label="Downloads: id map (PNG), segments (JSON)",
+                    interactive=False,
+                    elem_id="downloads",
                 )
         shown = [status, chosen, overlay, classes, legend, table, downloads]
         settings = [omt, ovt, task, inst]
-        files.upload(page.on_files, [files, *settings], [uploads, results, *shown])
+        for event in (files.upload, files.delete, files.clear):  # the files now in the box
+            event(page.on_files, [files, *settings], [uploads, results, *shown])
         example.input(page.on_example, [example, *settings], [uploads, results, *shown])
         for slider in (omt, ovt):
             slider.release(page.predict, [uploads, *settings], [uploads, results, *shown])

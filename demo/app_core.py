@@ -52,6 +52,7 @@ __all__ = [
     "TABLE_HEADERS",
     "latest_demo_run",
     "legend_html",
+    "named_uploads",
     "read_upload",
     "render",
     "resolve_model",
@@ -115,6 +116,22 @@ def shapes_val_images(root: Optional[str] = None, limit: int = 50) -> List[str]:
     """
     folder = os.path.join(shapes_dir(root or datasets_root()), "images", "val")
     return list_images(folder)[:limit] if os.path.isdir(folder) else []
+
+
+def named_uploads(paths: Sequence[str]) -> List[Tuple[str, str]]:
+    """
+    ``(name, path)`` for each uploaded file: its file name, with " (2)", " (3)", ... added to
+    a name already taken (the same picture uploaded twice stays two choices on the page).
+    """
+    named, taken = [], set()
+    for path in paths:
+        base = os.path.basename(path)
+        name, k = base, 2
+        while name in taken:
+            name, k = f"{base} ({k})", k + 1
+        taken.add(name)
+        named.append((name, path))
+    return named
 
 
 def read_upload(path: str, name: Optional[str] = None) -> np.ndarray:
@@ -311,7 +328,11 @@ def status_html(results: Sequence[ImageResult]) -> str:
     The request's status as HTML: one paragraph per unreadable input (the reader's message,
     class "error"), then how many images were predicted.
     """
-    lines = [f'<p class="error">{html.escape(r.error)}</p>' for r in results if r.error]
+    lines = [
+        f'<p class="error" style="color:#b3261e">{html.escape(r.error)}</p>'
+        for r in results
+        if r.error
+    ]
     done = sum(r.prediction is not None for r in results)
     if results:
         lines.append(f"<p>Predicted {done} of {len(results)} image(s).</p>")

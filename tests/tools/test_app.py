@@ -215,6 +215,27 @@ def test_latest_demo_run_and_resolve_model(core, known, tmp_path):
         core.resolve_model(None, str(tmp_path / "w.pth"), str(runs))
 
 
+def test_named_uploads_keep_repeated_names_apart(core):
+    paths = ["/a/x.png", "/b/x.png", "/c/y.png", "/d/x.png"]
+    assert [name for name, _ in core.named_uploads(paths)] == [
+        "x.png",
+        "x.png (2)",
+        "y.png",
+        "x.png (3)",
+    ]
+    assert [path for _, path in core.named_uploads(paths)] == paths
+
+
+def test_shapes_val_images_listed_when_generated(core, tmp_path):
+    assert core.shapes_val_images(str(tmp_path)) == []
+    folder = tmp_path / "shapes" / "images" / "val"
+    folder.mkdir(parents=True)
+    for name in ("000002.jpg", "000000.jpg", "000001.jpg", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    found = core.shapes_val_images(str(tmp_path), limit=2)
+    assert [os.path.basename(p) for p in found] == ["000000.jpg", "000001.jpg"]
+
+
 def test_bad_uploads_get_the_readers_reason_under_their_own_name(core, tmp_path):
     (tmp_path / "notes.png").write_text("not pixels")
     (tmp_path / "empty.jpg").write_bytes(b"")
