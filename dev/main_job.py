@@ -10,7 +10,9 @@ the built-in shapes dataset, on the CPU, in a fresh output folder.
    inference -> mIoU with SemSegEvaluator, panoptic inference -> PQ with COCOPanopticEvaluator),
    whose ``copypaste:`` lines are in the log;
 3. draw the predictions for ``--num-vis`` validation images with ``demo/demo.py``;
-4. print the metrics, the targets and the time of each step.
+4. write ``report.html`` in the output folder with ``tools/report.py`` (curves, metrics against
+   the targets, per-class results, confusion matrix, the same images drawn beside their truth);
+5. print the metrics, the targets, the time of each step and the report's path.
 
 Usage: .venv/bin/python dev/main_job.py [--output DIR] [--num-gpus N] [KEY VALUE ...]
 """
@@ -112,6 +114,9 @@ def main() -> None:
         + args.opts,
         timings,
     )
+    targets = [f"--target={key}={value:g}" for key, value in TARGETS.items()]
+    report = [py, "tools/report.py", out, "--num-images", str(args.num_vis), *targets]
+    _run("report", report, timings)
     total = time.time() - start
 
     metrics = _final_metrics(os.path.join(REPO, out))
@@ -128,6 +133,7 @@ def main() -> None:
         + f"; total {total / 60:.1f} min"
     )
     print(f"output: {out} (visualisations in {vis_dir})")
+    print(f"report: {os.path.join(out, 'report.html')} (open it in a web browser)")
 
 
 if __name__ == "__main__":
