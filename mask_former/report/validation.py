@@ -25,7 +25,7 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, Metadata
+from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.utils.visualizer import Visualizer
 from panopticapi.evaluation import OFFSET, VOID, PQStat
 
@@ -346,13 +346,14 @@ def evaluate_validation(
             raise ReportInputError(f"{config_file} names no DATASETS.TEST: choose one (--dataset)")
         dataset = predictor.cfg.DATASETS.TEST[0]
     records, total = _dataset_records(dataset, max_images)
-    metadata = predictor.metadata
+    # The evaluated dataset's own labels (it may not be the test set that names the classes).
+    metadata = MetadataCatalog.get(dataset)
     counts = _Accumulator(len(predictor.class_names), int(metadata.get("ignore_label", 255)))
     samples = _predict_all(predictor, records, counts, num_samples, progress)
     return ValidationResults(
         dataset=dataset,
         class_names=predictor.class_names,
-        thing_ids=_thing_ids(metadata),
+        thing_ids=_thing_ids(metadata) or _thing_ids(predictor.metadata),
         num_images=len(records),
         total_images=total,
         confusion=counts.confusion if counts.semantic_images else None,

@@ -56,7 +56,8 @@ def _write_metrics(path: Path) -> None:
     early = {"panoptic_seg/PQ": 20.5, "sem_seg/mIoU": 30.5}
     per_class = {f"sem_seg/IoU-{name}": value for name, value in CLASS_IOU.items()}
     records.append({"iteration": 10, **early})
-    records.append({"iteration": 20, **FINAL, **per_class})
+    # A metric name that HTML would take for markup.
+    records.append({"iteration": 20, **FINAL, **per_class, "custom/a<b>&c": 12.0})
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
@@ -124,6 +125,8 @@ def test_report_shows_the_metrics_targets_and_classes(report):
         assert re.search(rf"<td class=name>{name}</td><td>\w+</td><td>{iou:.2f}</td>", page)
     assert "circle</td><td>thing" in page and "stripes</td><td>stuff" in page
     assert f"{VAL} (2 of 2 images)" in page
+    assert "<td class=name>custom/a&lt;b&gt;&amp;c</td><td>12.00</td>" in page
+    assert "a<b>" not in page
 
 
 def test_validation_counts_agree_with_the_ground_truth_files(run_folder):
