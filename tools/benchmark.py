@@ -16,14 +16,20 @@ samples (``make bench`` runs the quick mode).
    decoder, the transformer decoder and the pre/post-processing, with the FLOPs of each and the
    achieved GFLOP/s against the peak measured here (a GEMM and a convolution);
 7. the R50 semantic model exported to ONNX (tools/export_model.py) in onnxruntime, beside the
-   same graph in PyTorch, one 512x512 image (CPU, float32 only).
+   same graph in PyTorch, one 512x512 image (CPU, float32 only);
+8. "variants" (with ``--full`` or ``--rows variants``): R50 and Swin-T at 512x683 with
+   MODEL.MASK_FORMER.TEST.PRECISION auto, compiled (TEST.COMPILE; the first call, which
+   compiles, timed apart) and both, and sliding-window inference (TEST.MODE slide) of a
+   1024x1024 image; against a baseline these compare with the baseline's defaults.
 
 The measurements live in the package ``mask_former.benchmark``; this script parses the
 arguments and prints the tables.
 
 Rows 1, 2 and 6 run each case in a process of its own (so the peak RSS is the case's), with
 random weights drawn from a fixed seed and fixed inputs. ``--baseline CHECKOUT`` runs them also
-with another checkout of this project (e.g. ``git worktree add ../mf-old <commit>``), the two
+with another checkout of this project (e.g. ``git worktree add ../mf-old <commit>``) or of the
+original MaskFormer (its ``mask_former`` package on the same detectron2; its Swin needs ``timm``
+importable, e.g. unpacked into the checkout), the two
 alternating, both loading the same weights, and adds speed-up (baseline time / current time),
 memory ratio (current / baseline) and agreement columns (identical semantic argmax pixels;
 maximum relative difference of each loss).
@@ -50,7 +56,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from mask_former.benchmark import suite
-from mask_former.benchmark.suite import MODES, ROWS
+from mask_former.benchmark.suite import MODES, QUICK_ROWS, ROWS
 
 __all__ = ["MODES", "ROWS", "check_args", "main", "parse_args"]
 
@@ -69,7 +75,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--baseline", default=None, help="another checkout to compare with")
     parser.add_argument("--json", default=None, help="default: output/benchmark_<time>.json")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        choices=ROWS,
+        help=f"default: all with --full, else {' '.join(QUICK_ROWS)}",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -82,6 +94,8 @@ def check_args(args: argparse.Namespace) -> None:
         args.baseline = os.path.realpath(args.baseline)
         if not os.path.isfile(os.path.join(args.baseline, "mask_former", "__init__.py")):
             raise SystemExit(f"--baseline {args.baseline} is not a checkout of this project")
+    if args.rows is None:
+        args.rows = list(ROWS if args.full else QUICK_ROWS)
     if args.json is None:
         args.json = os.path.join("output", time.strftime("benchmark_%Y%m%d_%H%M%S.json"))
 

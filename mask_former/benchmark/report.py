@@ -109,10 +109,14 @@ def peaks_table(peaks: List[Dict], env: Dict) -> str:
     return markdown("Machine peak (2 FLOPs per multiply-accumulate)", env, header, rows)
 
 
-def inference_table(entries: List[Dict], env: Dict) -> str:
-    """Row 1: latency and images/s per model, size and batch size."""
+def inference_table(entries: List[Dict], env: Dict, title: str = "Inference latency") -> str:
+    """Rows 1 and "variants": latency and images/s per model, size and batch size."""
     side = any(_sides(e) for e in entries)
+    first = any(
+        "first_call_s" in b for e in entries for b in e["current"].get("batches", {}).values()
+    )
     header = ["model", "size", "batch", "ms median (min-max)", "images/s", "peak MiB"]
+    header += ["first call s"] if first else []
     if side:
         header += ["baseline ms", "speed-up", "baseline MiB", "memory ratio", "same argmax"]
     rows = []
@@ -122,6 +126,8 @@ def inference_table(entries: List[Dict], env: Dict) -> str:
         for batch, stats in cur.get("batches", {}).items():
             row = [case["name"], size, batch, fmt_ms(stats), f"{stats['images_per_s']:.2f}"]
             row.append(_num(_memory(cur)))
+            if first:
+                row.append(f"{stats['first_call_s']:.1f}" if "first_call_s" in stats else "-")
             if side:
                 base = entry["baseline"]
                 base_stats = base.get("batches", {}).get(batch, {})
@@ -134,7 +140,7 @@ def inference_table(entries: List[Dict], env: Dict) -> str:
                     "-" if same is None else f"{100 * same:.2f}%",
                 ]
             rows.append(row)
-    title = "Inference latency (peak MiB: of the case's process, all its batch sizes)"
+    title += " (peak MiB: of the case's process, all its batch sizes)"
     return markdown(title, env, header, rows, _notes(entries))
 
 

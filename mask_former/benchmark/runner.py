@@ -23,7 +23,7 @@ import numpy as np
 
 from .worker import save_seeded_weights
 
-__all__ = ["Run", "inference_case", "run_cases", "train_case"]
+__all__ = ["Run", "inference_case", "run_cases", "train_case", "variant_case"]
 
 logger = logging.getLogger("benchmark")
 
@@ -71,6 +71,26 @@ def inference_case(
     return case
 
 
+def variant_case(
+    run: Run,
+    name: str,
+    config: str,
+    size: Tuple[int, int],
+    repeats: Dict[int, int],
+    warmup: int,
+    variant_opts: List[str],
+) -> Dict:
+    """
+    An inference case whose current side runs with ``variant_opts`` (e.g. TEST.PRECISION auto,
+    TEST.COMPILE True) and a baseline, if any, with the config's defaults; a compiled variant
+    times its first call apart and counts no FLOPs.
+    """
+    case = inference_case(run, name, config, size, repeats, warmup)
+    compiles = "MODEL.MASK_FORMER.TEST.COMPILE" in variant_opts
+    case.update(variant_opts=list(variant_opts), first_call=compiles, count_flops=not compiles)
+    return case
+
+
 def train_case(
     run: Run, config: str, size: Tuple[int, int], segments: int, points: int, iters: int
 ) -> Dict:
@@ -97,6 +117,8 @@ def run_in_subprocess(case: Dict, root: str, tag: str, run: Run) -> Dict:
     """Run ``case`` in a new process on the checkout ``root``; returns its result dict."""
     stem = os.path.join(run.tmp, f"{case['id']}_{tag}")
     case = dict(case, root=root, result=stem + ".json", arrays=stem + ".npz")
+    if tag == "current":  # a variant (TEST.PRECISION auto, compiled...) of this checkout only
+        case["opts"] = case["opts"] + case.get("variant_opts", [])
     with open(stem + ".case.json", "w") as f:
         json.dump(case, f)
     python_path = [root] + [p for p in os.getenv("PYTHONPATH", "").split(os.pathsep) if p]

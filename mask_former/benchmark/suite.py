@@ -25,17 +25,33 @@ from .report import (
     train_table,
     write_json,
 )
-from .runner import Run, inference_case, run_cases, train_case
+from .runner import Run, inference_case, run_cases, train_case, variant_case
 from .worker import environment
 
-__all__ = ["MODES", "ROWS", "Settings", "inference_cases", "run", "train_cases"]
+__all__ = [
+    "MODES",
+    "QUICK_ROWS",
+    "ROWS",
+    "Settings",
+    "inference_cases",
+    "run",
+    "train_cases",
+    "variant_cases",
+]
 
 logger = logging.getLogger("benchmark")
 
 R50 = "configs/ade20k-150/maskformer_R50_bs16_160k.yaml"
 SWIN_T = "configs/ade20k-150/swin/maskformer_swin_tiny_bs16_160k.yaml"
 R50_PANOPTIC = "configs/coco-panoptic/maskformer_panoptic_R50_bs64_554k.yaml"
-ROWS = ("peak", "inference", "train", "matcher", "mapper", "evaluation", "onnx")
+ROWS = ("peak", "inference", "variants", "train", "matcher", "mapper", "evaluation", "onnx")
+# The default rows of quick mode; "variants" (its compiles take minutes) runs in --full mode or
+# when named with --rows.
+QUICK_ROWS = tuple(r for r in ROWS if r != "variants")
+# Opts of the "variants" row: what a user can switch on, against the defaults (float32, eager).
+AUTO = ["MODEL.MASK_FORMER.TEST.PRECISION", "auto"]
+COMPILE = ["MODEL.MASK_FORMER.TEST.COMPILE", "True"]
+SLIDE = ["MODEL.MASK_FORMER.TEST.MODE", "slide"]
 
 # Repeats per mode. Quick: under 10 minutes on 2 cores (a R50 image at 512x512 takes about
 # 4 s there, a training iteration 5-20 s); full: under 20 minutes.
@@ -95,6 +111,27 @@ def inference_cases(run: Run, mode: Dict, full: bool) -> List[Dict]:
     return cases
 
 
+def variant_cases(run: Run, mode: Dict) -> List[Dict]:
+    """
+    The "variants" row: TEST.PRECISION auto (batch 1 and 4), compiled (float32 and auto; the
+    first call, which compiles, timed apart) and sliding-window inference (TEST.MODE slide,
+    512x512 windows every 341 pixels) of a 1024x1024 image, each against the baseline's
+    defaults when there is a baseline.
+    """
+    reps, warm, size = mode["repeats"], mode["warmup"], (512, 683)
+    one = {1: reps[1]}
+    return [
+        variant_case(run, "R50 semantic, auto", R50, size, reps, warm, AUTO),
+        variant_case(run, "Swin-T semantic, auto", SWIN_T, size, one, warm, AUTO),
+        variant_case(run, "R50 semantic, compiled", R50, size, one, warm, COMPILE),
+        variant_case(run, "R50 semantic, auto + compiled", R50, size, one, warm, AUTO + COMPILE),
+        variant_case(
+            run, "Swin-T semantic, auto + compiled", SWIN_T, size, one, warm, AUTO + COMPILE
+        ),
+        variant_case(run, "R50 semantic, slide", R50, (1024, 1024), {1: 2}, warm, SLIDE),
+    ]
+
+
 def train_cases(run: Run, mode: Dict) -> List[Dict]:
     """Row 2: R50 semantic, batch 2 at 512x512, 3 and 24 segments, full-res and point loss."""
     return [
@@ -118,6 +155,12 @@ def _model_rows(s: Settings, run: Run, mode: Dict, results: Dict, emit: Callable
         if results.get("peaks"):
             emit(parts_table(results["inference"], results["peaks"], env))
         _log_duration("inference", start)
+        write_json(results, s.json)
+    if "variants" in s.rows:
+        start = time.perf_counter()
+        results["variants"] = run_cases(variant_cases(run, mode), run)
+        emit(inference_table(results["variants"], env, "Inference variants"))
+        _log_duration("variants", start)
         write_json(results, s.json)
     if "train" in s.rows:
         start = time.perf_counter()

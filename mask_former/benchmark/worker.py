@@ -280,14 +280,20 @@ def run_inference(case: Dict) -> Tuple[Dict, Dict[str, np.ndarray]]:
                 outputs[:] = model(inputs)
             parts.append(timer.take())
 
-        if batch == 1:  # an extra call with the FLOP counter (which changes the kernels run)
+        first = None
+        if case.get("first_call"):  # e.g. compiled inference: the first call compiles
+            first = time_calls(call, 0, 1, case["device"])[0]
+        count_flops = batch == 1 and case.get("count_flops", True)
+        if count_flops:  # an extra call with the FLOP counter (which changes the kernels run)
             timer.count_flops = True
             call()
             timer.count_flops = False
-        flops = timer.take_flops() if batch == 1 else None
+        flops = timer.take_flops() if count_flops else None
         samples = time_calls(call, case["warmup"], repeats, case["device"])
         entry = {**summarize(samples), "images_per_s": batch / statistics.median(samples)}
-        if batch == 1:
+        if first is not None:
+            entry["first_call_s"] = first
+        if count_flops:
             parts = parts[-repeats:]
             entry["parts"] = {p: summarize([s[p] for s in parts]) for p in parts[0]}
             entry["flops"] = flops
@@ -361,7 +367,9 @@ def run_case(case: Dict) -> Tuple[Dict, Dict[str, np.ndarray]]:
     Run one case dict: ``kind`` ("inference" or "train"), ``config``, ``opts``, ``device``,
     ``dtype``, ``seed``, ``height``, ``width``, optional ``weights`` (a state-dict file), and for
     inference ``batch_sizes``, ``repeats`` (one per batch size) and ``warmup``, for
-    training ``batch``, ``segments``, ``warmup`` and ``iters``.
+    training ``batch``, ``segments``, ``warmup`` and ``iters``; inference cases may set
+    ``first_call`` (time the first call apart, before the warm-up) and ``count_flops`` False
+    (no FLOP-counting call, no part table).
 
     Returns:
         (dict, dict): the result (with the peak memory and the package that ran) and arrays.
@@ -376,6 +384,7 @@ def run_case(case: Dict) -> Tuple[Dict, Dict[str, np.ndarray]]:
     result["mask_former_file"] = os.path.abspath(mask_former.__file__)
     result["config_builder"] = config_builder()
     result["weights"] = case.pop("_weights", None)
+    result["opts"] = list(case["opts"])
     return result, arrays
 
 

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from mask_former.benchmark import report, suite
-from mask_former.benchmark.runner import Run, inference_case, run_cases, train_case
+from mask_former.benchmark.runner import (
+    Run,
+    inference_case,
+    run_cases,
+    train_case,
+    variant_case,
+)
 from mask_former.benchmark.worker import environment, run_case, voronoi_segments
 from tests.paths import REPO_ROOT
 
@@ -110,6 +116,22 @@ def test_inference_side_by_side_and_training_case(tmp_path):
     report.write_json({"environment": env, "inference": entries}, str(path))
     loaded = json.loads(path.read_text())
     assert loaded["inference"][0]["current"]["batches"]["1"]["median_ms"] > 0
+
+
+def test_variant_opts_apply_to_this_checkout_only(tmp_path):
+    run = Run("cpu", "float32", 1, 0, str(REPO_ROOT), str(REPO_ROOT), str(tmp_path))
+    variant = ["MODEL.MASK_FORMER.TEST.PRECISION", "auto"]
+    case = variant_case(run, "tiny auto", CONFIG, (64, 64), {1: 1}, 0, variant)
+    assert not case["first_call"] and case["count_flops"]
+    compiled = variant_case(run, "c", CONFIG, (64, 64), {1: 1}, 0, suite.COMPILE)
+    assert compiled["first_call"] and not compiled["count_flops"]
+    (entry,) = run_cases([dict(case, first_call=True)], run)
+    current, baseline = entry["current"], entry["baseline"]
+    assert current["opts"][-2:] == variant and "auto" not in baseline["opts"]
+    assert current["batches"]["1"]["first_call_s"] > 0  # both sides time their first call
+    env = {**environment("cpu"), "threads": 1, "dtype": "float32"}
+    table = report.inference_table([entry], env, "Inference variants")
+    assert "first call s" in table and "tiny auto" in table and "Inference variants" in table
 
 
 @pytest.mark.parametrize("cuda", [True, False], ids=["with_cuda", "without_cuda"])
