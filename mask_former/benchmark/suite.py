@@ -44,6 +44,7 @@ logger = logging.getLogger("benchmark")
 R50 = "configs/ade20k-150/maskformer_R50_bs16_160k.yaml"
 SWIN_T = "configs/ade20k-150/swin/maskformer_swin_tiny_bs16_160k.yaml"
 R50_PANOPTIC = "configs/coco-panoptic/maskformer_panoptic_R50_bs64_554k.yaml"
+R50_FULL = "configs/ade20k-full-847/maskformer_R50_bs16_200k.yaml"
 ROWS = ("peak", "inference", "variants", "train", "matcher", "mapper", "evaluation", "onnx")
 # The default rows of quick mode; "variants" (its compiles take minutes) runs in --full mode or
 # when named with --rows.
@@ -104,6 +105,8 @@ def inference_cases(run: Run, mode: Dict, full: bool) -> List[Dict]:
         inference_case(run, "R50 semantic", R50, (512, 683), {1: reps[1]}, mode["warmup"]),
     ]
     if full:
+        one = {1: reps[1]}
+        cases.append(inference_case(run, "R50 847 classes", R50_FULL, (512, 683), one, 1))
         reps = mode["panoptic_repeats"]
         cases.append(
             inference_case(run, "R50 panoptic", R50_PANOPTIC, (800, 1216), reps, mode["warmup"])
