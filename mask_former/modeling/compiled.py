@@ -99,9 +99,25 @@ class CompiledNetwork:
         if torch.is_grad_enabled() or not self._admit(key):
             return self.network(backbone, sem_seg_head, images, precision)
         if self._compiled is None:
+            _import_cpp_extension_quietly()
             cpu_inductor = BACKEND == "inductor" and images.device.type == "cpu"
             options = INDUCTOR_OPTIONS if cpu_inductor else None
             self._compiled = torch.compile(
                 self.network, backend=BACKEND, dynamic=False, options=options
             )
         return self._compiled(backbone, sem_seg_head, images, precision)
+
+
+def _import_cpp_extension_quietly() -> None:
+    """
+    Inductor imports ``torch.utils.cpp_extension``, which logs "No CUDA runtime is found, using
+    CUDA_HOME=..." on a machine without CUDA, although CPU code generation never uses CUDA:
+    import it first with that logger raised to errors.
+    """
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        log.setLevel(level)
