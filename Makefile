@@ -3,15 +3,29 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mask_former-setup
 
-.PHONY: setup test demo compare bench lint
+.PHONY: setup test demo compare bench lint app browser-test
 setup: $(STAMP)
 
 $(STAMP): requirements/torch.txt requirements/base.txt requirements/interop.txt requirements/no-deps.txt setup.py dev/setup_env.sh dev/install_detectron2.py
 	VENV=$(VENV) bash dev/setup_env.sh
 	@touch $@
 
+# The page tests in a real browser have their own target (browser-test), run by .ci/run.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/browser
+
+# The local web demo's optional requirements (Gradio, requirements/app.txt) into .venv, with
+# base.txt's pins kept. Then `.venv/bin/python demo/app.py` serves the latest `make demo` model
+# on http://127.0.0.1:7860 (--config-file/--weights for another model, --port for another port).
+app: setup
+	PIP_DISABLE_PIP_VERSION_CHECK=1 $(PY) -m pip install -q -r requirements/base.txt -r requirements/app.txt
+	@echo "Gradio installed. Start the page with: $(PY) demo/app.py, then open http://127.0.0.1:7860"
+
+# The page tests (tests/browser/) in headless Chromium, driven by Selenium: Debian's chromium
+# and chromium-driver must be installed (.ci/run installs them); no browser is downloaded.
+browser-test: setup
+	PIP_DISABLE_PIP_VERSION_CHECK=1 $(PY) -m pip install -q -r requirements/base.txt -r requirements/browser.txt -r requirements/app.txt
+	$(PY) -m pytest -q tests/browser
 
 # The main job: generate the shapes dataset, train a tiny MaskFormer from scratch on the CPU into
 # a fresh output/demo_<time>/ folder, evaluate (PQ, mIoU) and draw validation predictions.

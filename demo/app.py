@@ -23,6 +23,7 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from typing import Any, List, Optional, Sequence, Tuple
@@ -129,11 +130,50 @@ class Page:
         return status_html(results), choice, view.overlay, view.class_map, legend, table, view.files
 
 
+def _settings(gr, model: AppModel) -> Tuple[Any, ...]:
+    """The task choice and the threshold sliders: (task, object-mask, overlap, instance)."""
+    task = gr.Radio(model.tasks, value=model.tasks[0], label="Task", elem_id="task")
+    omt = gr.Slider(
+        0.0, 1.0, model.object_mask_threshold, step=0.05,
+        label="Object-mask threshold (a kept query's least class probability)",
+        interactive=model.has_thresholds, elem_id="object-mask-threshold",
+    )  # fmt: skip
+    ovt = gr.Slider(
+        0.0, 1.0, model.overlap_threshold, step=0.05,
+        label="Overlap threshold (least share of its own mask a segment keeps)",
+        interactive=model.has_thresholds, elem_id="overlap-threshold",
+    )  # fmt: skip
+    inst = gr.Slider(
+        0.0, 1.0, 0.5, step=0.05, label="Instances: least score shown",
+        visible="instance" in model.tasks, elem_id="instance-threshold",
+    )  # fmt: skip
+    return task, omt, ovt, inst
+
+
+def _results(gr) -> List[Any]:
+    """The result components: status is added by the caller; image, overlay, ..., downloads."""
+    chosen = gr.Dropdown(label="Image", choices=[], elem_id="chosen")
+    with gr.Row():
+        overlay = gr.Image(label="Result", elem_id="overlay", **IMAGE_OUTPUT)
+        classes = gr.Image(label="Classes", elem_id="classes", **IMAGE_OUTPUT)
+    legend = gr.HTML(elem_id="legend")
+    table = gr.Dataframe(
+        headers=TABLE_HEADERS, label="Segments", interactive=False, elem_id="segments"
+    )
+    downloads = gr.File(
+        label="Downloads: id map (PNG), segments (JSON)", interactive=False, elem_id="downloads"
+    )
+    return [chosen, overlay, classes, legend, table, downloads]
+
+
 def build_page(model: AppModel, examples: List[str], work_dir: str):
     """The Gradio Blocks of the page (not launched)."""
     gr = import_gradio()
     page = Page(model, work_dir)
-    with gr.Blocks(title="MaskFormer demo", analytics_enabled=False) as blocks:
+    # Uploads are removed from Gradio's cache an hour after they came, and when the app stops.
+    with gr.Blocks(
+        title="MaskFormer demo", analytics_enabled=False, delete_cache=(3600, 3600)
+    ) as blocks:
         gr.Markdown("## MaskFormer: try the model on your images")
         uploads, results = gr.State([]), gr.State([])
         with gr.Row():
@@ -151,46 +191,27 @@ def build_page(model: AppModel, examples: List[str], work_dir: str):
                     elem_id="example",
                     interactive=bool(examples),
                 )
-                task = gr.Radio(model.tasks, value=model.tasks[0], label="Task", elem_id="task")
-                omt = gr.Slider(
-                    0.0, 1.0, model.object_mask_threshold, step=0.05,
-                    label="Object-mask threshold (a kept query's least class probability)",
-                    interactive=model.has_thresholds, elem_id="object-mask-threshold",
-                )  # fmt: skip
-                ovt = gr.Slider(
-                    0.0, 1.0, model.overlap_threshold, step=0.05,
-                    label="Overlap threshold (least share of its own mask a segment keeps)",
-                    interactive=model.has_thresholds, elem_id="overlap-threshold",
-                )  # fmt: skip
-                inst = gr.Slider(
-                    0.0, 1.0, 0.5, step=0.05, label="Instances: least score shown",
-                    visible="instance" in model.tasks, elem_id="instance-threshold",
-                )  # fmt: skip
+                task, omt, ovt, inst = _settings(gr, model)
                 status = gr.HTML(elem_id="status")
             with gr.Column(scale=2):
-                chosen = gr.Dropdown(label="Image", choices=[], elem_id="chosen")
-                with gr.Row():
-                    overlay = gr.Image(label="Result", elem_id="overlay", **IMAGE_OUTPUT)
-                    classes = gr.Image(label="Classes", elem_id="classes", **IMAGE_OUTPUT)
-                legend = gr.HTML(elem_id="legend")
-                table = gr.Dataframe(
-                    headers=TABLE_HEADERS, label="Segments", interactive=False, elem_id="segments"
-                )
-                downloads = gr.File(
-                    label="Downloads: id map (PNG), segments (JSON)",
-                    interactive=False,
-                    elem_id="downloads",
-                )
-        shown = [status, chosen, overlay, classes, legend, table, downloads]
+                shown = [status, *_results(gr)]
+        chosen = shown[1]
         settings = [omt, ovt, task, inst]
         for event in (files.upload, files.delete, files.clear):  # the files now in the box
             event(page.on_files, [files, *settings], [uploads, results, *shown])
         example.input(page.on_example, [example, *settings], [uploads, results, *shown])
+        # Dragged or typed; while a prediction runs, only the latest value waits for its turn.
         for slider in (omt, ovt):
-            slider.release(page.predict, [uploads, *settings], [uploads, results, *shown])
-        for control in (task, chosen):
-            control.input(page.show, [results, chosen, task, inst], shown)
-        inst.release(page.show, [results, chosen, task, inst], shown)
+            slider.input(
+                page.predict,
+                [uploads, *settings],
+                [uploads, results, *shown],
+                trigger_mode="always_last",
+            )
+        for control in (task, chosen, inst):
+            control.input(
+                page.show, [results, chosen, task, inst], shown, trigger_mode="always_last"
+            )
     return blocks
 
 
@@ -207,6 +228,10 @@ def _setup_logging() -> None:
     logger.propagate = False
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Serve the page until interrupted; returns the exit status (1: no model or no Gradio)."""
     args = get_parser().parse_args(argv)
@@ -221,6 +246,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.error("%s", e)
         return 1
     work_dir = tempfile.mkdtemp(prefix="mask_former_app_")
+    # Stopped like Ctrl-C when terminated, so the server closes and the downloads are removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         blocks = build_page(model, shapes_val_images(), work_dir)
         theme = gr.themes.Default(font=SANS, font_mono=MONO)

@@ -62,8 +62,15 @@ def app_url(tmp_path_factory):
     log = folder / "app.log"
     command = [sys.executable, "demo/app.py", "--config-file", str(config)]
     command += ["--weights", str(weights), "--port", str(port), "--runs-dir", str(folder)]
+    # A "shapes validation split" of one picture for the page's example choice.
+    examples = folder / "datasets" / "shapes" / "images" / "val"
+    examples.mkdir(parents=True)
+    Image.fromarray(np.full((64, 80, 3), 128, np.uint8)).save(examples / "000000.jpg")
+    env = {**os.environ, "DETECTRON2_DATASETS": str(folder / "datasets")}
     with open(log, "w") as out:
-        proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env
+        )
     try:
         _wait_until_served(url, proc, log)
         yield url
@@ -203,3 +210,34 @@ def test_upload_shows_overlay_table_and_the_readers_message(
     )
     outside = [u for u in fetched if not u.startswith((app_url, "data:", "blob:"))]
     assert fetched and not outside, outside
+
+
+def test_example_image_and_thresholds(app_url, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(app_url)
+    choice = _wait(
+        browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#example input"), "examples"
+    )
+    choice[0].click()
+
+    def options(b):
+        found = b.find_elements(By.CSS_SELECTOR, "#example li")
+        return found if [o.text.strip() for o in found] == ["000000.jpg"] else None
+
+    texts = lambda b: [o.text for o in b.find_elements(By.CSS_SELECTOR, "#example li")]  # noqa: E731
+    option = _wait(browser, options, "the one shapes validation image", texts)
+    option[0].click()
+    expected = [["1", WINNER, "stuff", "100", "0.916"]]
+    _wait(browser, lambda b: _table_rows(b) == expected, "the example's table", _table_rows)
+    assert "Predicted 1 of 1 image(s)." in _text(browser, "status")
+
+    # Above the queries' class probability (0.901) no segment is left; back at 0.8 it returns.
+    box = browser.find_element(By.CSS_SELECTOR, "#object-mask-threshold input[type=number]")
+    box.clear()
+    box.send_keys("0.95", Keys.ENTER)
+    _wait(browser, lambda b: _table_rows(b) in ([], [[""] * 5]), "no segment", _table_rows)
+    box.clear()
+    box.send_keys("0.8", Keys.ENTER)
+    _wait(browser, lambda b: _table_rows(b) == expected, "the segment again", _table_rows)
