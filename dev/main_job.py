@@ -115,7 +115,12 @@ def main() -> None:
         timings,
     )
     targets = [f"--target={key}={value:g}" for key, value in TARGETS.items()]
-    report = [py, "tools/report.py", out, "--num-images", str(args.num_vis), *targets]
+    # One thread: with PyTorch's default of two, the report's pass over the val images slows
+    # down fivefold when other processes use the 2 cores too (the whole report at a load average
+    # of 6: 16 s with 1 thread, 77 s with 2); on an idle machine one thread costs about 3 s more
+    # (0.06 s per val image with 1 thread; the training's evaluation takes 0.03 s with 2).
+    report = [py, "tools/report.py", out, "--num-images", str(args.num_vis), "--threads", "1"]
+    report += targets
     _run("report", report, timings)
     total = time.time() - start
 

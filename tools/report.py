@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+import torch
+
 from mask_former.checkpoint import UntrustedCheckpointError
 from mask_former.data.user_datasets import add_register_argument, import_registration
 from mask_former.report import write_report
@@ -47,6 +49,13 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dataset", default=None, help="dataset (default: DATASETS.TEST[0])")
     parser.add_argument("--batch-size", type=int, default=4, help="images per model call")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of the model (default: PyTorch's, one per core); 1 is the safe choice "
+        "on a machine whose cores other processes use too",
+    )
     add_register_argument(parser, " (when the run's test dataset is not built in)")
     return parser
 
@@ -56,6 +65,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     targets: Dict[str, float] = dict(args.target)
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
     start = time.perf_counter()
     try:
         for target in args.register:
