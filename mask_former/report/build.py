@@ -77,21 +77,24 @@ def _draw_figures(
 
 
 def _publish(output_dir: str, drawn: Mapping[str, Figure], page: str) -> str:
-    """Save the figures into a temporary folder, swap it in, then write the page."""
+    """
+    Save the figures into a temporary folder; then, with the page written to its temporary
+    file, swap the folder in, and rename the page into place.
+    """
     tmp = tempfile.mkdtemp(prefix=f".{FIGURES_DIR}.", dir=output_dir)
     target = os.path.join(output_dir, FIGURES_DIR)
+    path = os.path.join(output_dir, REPORT_FILE)
     old = None
     try:
         for name, fig in drawn.items():
             figures.save_figure(fig, os.path.join(tmp, FIGURE_FILES[name]))
         os.chmod(tmp, 0o755)
-        if os.path.exists(target):
-            old = tempfile.mkdtemp(prefix=f".{FIGURES_DIR}.old.", dir=output_dir)
-            os.rename(target, os.path.join(old, FIGURES_DIR))
-        os.rename(tmp, target)
-        path = os.path.join(output_dir, REPORT_FILE)
         with atomic_write(path, "w") as f:
             f.write(page)
+            if os.path.exists(target):
+                old = tempfile.mkdtemp(prefix=f".{FIGURES_DIR}.old.", dir=output_dir)
+                os.rename(target, os.path.join(old, FIGURES_DIR))
+            os.rename(tmp, target)
         return path
     finally:
         for leftover in (tmp, old):

@@ -147,16 +147,24 @@ def _final_section(content: ReportContent) -> str:
         else:
             verdict = '<span class="below">below target</span>'
         target_text = "" if target is None else f"&ge; {_e(f'{target:g}')}"
-        rows.append((_e(key), _number(value), target_text, verdict))
+        rows.append((_e(key), _number(value), target_text, verdict)[: 4 if targets else 2])
     iteration = max(content.metrics.evaluations)
+    headers = ("metric", "value (%)", "target", "")[: 4 if targets else 2]
     return (
         f"<h2>Final metrics</h2><p>Evaluation at iteration {iteration} (metrics.json).</p>"
-        + _table(("metric", "value (%)", "target", ""), rows, raw=True)
+        + _table(headers, rows, raw=True)
         + _figure(content, "metrics", "final metrics against the targets")
     )
 
 
 def _training_section(content: ReportContent) -> str:
+    evaluated = sorted(content.metrics.evaluations)
+    once = (
+        f"The run was evaluated once, at iteration {evaluated[0]}: TEST.EVAL_PERIOD N "
+        "evaluates it every N iterations."
+        if len(evaluated) == 1
+        else ""
+    )
     return (
         "<h2>Training</h2>"
         + _figure(
@@ -166,7 +174,7 @@ def _training_section(content: ReportContent) -> str:
             "Losses as logged (weighted by the loss weights of the config); thin lines: the "
             "deep-supervision losses of the earlier decoder layers.",
         )
-        + _figure(content, "evaluation", "PQ and mIoU over the iterations evaluated")
+        + _figure(content, "evaluation", "PQ and mIoU over the iterations evaluated", once)
     )
 
 
