@@ -41,9 +41,9 @@ from app_core import (
     shapes_val_images,
     status_html,
 )
-from detectron2.utils.logger import setup_logger
 
 from mask_former.checkpoint import UntrustedCheckpointError
+from mask_former.utils.script_logging import setup_script_logging
 
 logger = logging.getLogger("mask_former.app")
 
@@ -216,16 +216,8 @@ def build_page(model: AppModel, examples: List[str], work_dir: str):
 
 
 def _setup_logging() -> None:
-    """Detectron2's log format for fvcore and mask_former; the app's own lines go to stderr."""
-    setup_logger(name="fvcore")
-    setup_logger(name="mask_former")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("[%(asctime)s app] %(levelname)s: %(message)s", datefmt="%H:%M:%S")
-    )
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    """The script's log set-up (:func:`mask_former.utils.script_logging.setup_script_logging`)."""
+    setup_script_logging(logger, "app")
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -33,7 +33,6 @@ import cv2
 import numpy as np
 import tqdm
 from detectron2.config import CfgNode
-from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import VisImage
 from PIL import Image
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -45,6 +44,7 @@ from mask_former.data.user_datasets import add_register_argument, import_registr
 from mask_former.inference import Prediction
 from mask_former.inference.drawing import PredictionVisualizer
 from mask_former.utils import atomic_output_path
+from mask_former.utils.script_logging import setup_script_logging
 
 WINDOW_NAME = "MaskFormer"
 
@@ -134,19 +134,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 @functools.lru_cache()
 def setup_demo_logging() -> None:
-    """
-    Detectron2's log format for fvcore and mask_former; the demo's own lines (progress,
-    skipped files, errors) go to stderr, where the progress bar is.
-    """
-    setup_logger(name="fvcore")
-    setup_logger(name="mask_former")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("[%(asctime)s demo] %(levelname)s: %(message)s", datefmt="%H:%M:%S")
-    )
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    """The script's log set-up (:func:`mask_former.utils.script_logging.setup_script_logging`)."""
+    setup_script_logging(logger, "demo")
 
 
 def expand_inputs(patterns: List[str]) -> List[str]:
