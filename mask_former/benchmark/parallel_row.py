@@ -8,9 +8,10 @@ batch 4, the Predictor's default), over the same seeded noise images (uint8 RGB 
 memory), with the seeded random weights of a config saved to a temporary file. Both run the
 config with MODEL.MASK_FORMER.TEST.PRECISION as the demo sets it ("auto" unless told).
 
-Each way gets one untimed warm-up (one image per worker for the pool, whose start-up, spawning
-the processes and building their models, is reported on its own), then ``repeats`` timed
-rounds over all the images.
+Each way gets ``warmup`` untimed rounds over all the images (the pool at least one image per
+worker; its start-up, spawning the processes and building their models, is reported on its
+own), then ``repeats`` timed rounds. (One warm-up image was not enough: the first round after it
+was up to 20x slower than the next, with 2 threads on a loaded machine.)
 """
 
 import logging
@@ -53,13 +54,19 @@ def _agreement(predictions: Sequence, reference: Sequence) -> float:
     return same / sum(_label_map(r).numel() for r in reference)
 
 
-def _rounds(predict, images: List[np.ndarray], repeats: int) -> Tuple[List[float], List]:
-    """Seconds of each of ``repeats`` calls ``predict(images)``, and the last predictions."""
+def _rounds(
+    predict, images: List[np.ndarray], warmup: int, repeats: int
+) -> Tuple[List[float], List]:
+    """
+    Seconds of each of ``repeats`` calls ``predict(images)`` after ``warmup`` untimed ones,
+    and the last predictions.
+    """
     seconds, predictions = [], []
-    for _ in range(repeats):
+    for i in range(warmup + repeats):
         start = time.perf_counter()
         predictions = predict(images)
-        seconds.append(time.perf_counter() - start)
+        if i >= warmup:
+            seconds.append(time.perf_counter() - start)
     return seconds, predictions
 
 
@@ -83,7 +90,7 @@ def _entry(name: str, workers: int, threads: int, images: int, seconds: List[flo
 
 
 def _bench_plain(
-    cfg, images: List[np.ndarray], batch_sizes: Sequence[int], repeats: int
+    cfg, images: List[np.ndarray], batch_sizes: Sequence[int], warmup: int, repeats: int
 ) -> List[Dict]:
     """The in-process Predictor at each batch size (its predictions kept)."""
     from ..inference import Predictor
@@ -91,8 +98,7 @@ def _bench_plain(
     entries, threads = [], torch.get_num_threads()
     for batch in batch_sizes:
         predictor = Predictor(cfg, batch_size=batch, precision=None)  # the cfg's, as the demo
-        predictor(images[0])  # warm-up
-        seconds, predictions = _rounds(predictor.predict, images, repeats)
+        seconds, predictions = _rounds(predictor.predict, images, warmup, repeats)
         entry = _entry(f"Predictor, batch {batch}", 0, threads, len(images), seconds)
         entry["_predictions"] = predictions
         entries.append(entry)
@@ -100,15 +106,17 @@ def _bench_plain(
     return entries
 
 
-def _bench_pool(cfg, images: List[np.ndarray], workers: int, repeats: int) -> Dict:
+def _bench_pool(cfg, images: List[np.ndarray], workers: int, warmup: int, repeats: int) -> Dict:
     """ParallelPredictor with ``workers`` processes (start-up timed on its own)."""
     from ..inference.workers import ParallelPredictor
 
     start = time.perf_counter()
     with ParallelPredictor(cfg, workers) as pool:
         startup = time.perf_counter() - start
-        _pool_predict(pool, [images[i % len(images)] for i in range(workers)])  # warm-up
-        seconds, predictions = _rounds(lambda x: _pool_predict(pool, x), images, repeats)
+        logger.info("Parallel row: %d workers ready in %.1f s", workers, startup)
+        if warmup and len(images) < workers:  # one image per worker at least
+            _pool_predict(pool, [images[i % len(images)] for i in range(workers)])
+        seconds, predictions = _rounds(lambda x: _pool_predict(pool, x), images, warmup, repeats)
     threads = max(1, torch.get_num_threads() // workers)  # as ParallelPredictor shares them
     entry = _entry(f"ParallelPredictor, {workers} workers", workers, threads, len(images), seconds)
     entry.update(startup_s=startup, _predictions=predictions)
@@ -124,6 +132,7 @@ def bench_parallel(
     seed: int = 0,
     *,
     repeats: int = 1,
+    warmup: int = 1,
     batch_sizes: Sequence[int] = (1, 4),
     precision: str = "auto",
     opts: Sequence[str] = (),
@@ -138,6 +147,7 @@ def bench_parallel(
         threads: torch's intra-op threads of this process (restored afterwards), shared
             among a pool's workers; 0: unchanged.
         repeats: timed rounds over all the images, per way.
+        warmup: untimed rounds before them.
         batch_sizes: those of the in-process Predictor, 1 (the demo's) first.
         precision: MODEL.MASK_FORMER.TEST.PRECISION, applied before ``opts`` as the demo does.
         opts: more config options (KEY VALUE pairs).
@@ -163,8 +173,8 @@ def bench_parallel(
         save_seeded_weights(config, list(opts), seed, weights)
         chosen = ["MODEL.MASK_FORMER.TEST.PRECISION", precision, *opts]
         cfg = load_config(config, chosen, weights=weights, device="cpu")
-        entries = _bench_plain(cfg, images, batch_sizes, repeats)
-        entries += [_bench_pool(cfg, images, n, repeats) for n in pool_sizes]
+        entries = _bench_plain(cfg, images, batch_sizes, warmup, repeats)
+        entries += [_bench_pool(cfg, images, n, warmup, repeats) for n in pool_sizes]
     reference = entries[0]
     for entry in entries:
         entry["speedup_vs_batch1"] = entry["images_per_s"] / reference["images_per_s"]

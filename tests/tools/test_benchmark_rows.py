@@ -15,6 +15,7 @@ import transformers
 
 from mask_former.benchmark import hf_row, parallel_row
 from mask_former.benchmark.worker import environment
+from mask_former.inference import Prediction
 from mask_former.utils.cpu import cpu_supports_native_bfloat16
 
 SHAPES = "configs/shapes/maskformer_R18_bs8_1200.yaml"
@@ -151,3 +152,14 @@ def test_noise_arrays_are_seeded_rgb_images():
     assert a.shape == (5, 7, 3) and a.dtype == np.uint8
     assert not np.array_equal(a, b)
     np.testing.assert_array_equal(parallel_row.noise_arrays(1, (5, 7), seed=4)[0], b)
+
+
+def test_parallel_agreement_counts_pixels_over_all_images():
+    semantic = Prediction("a", 2, 2, semantic=torch.tensor([[0, 1], [2, 3]]))
+    panoptic = Prediction("b", 1, 4, panoptic=torch.tensor([[1, 1, 2, 2]], dtype=torch.int32))
+    other = [
+        Prediction("a", 2, 2, semantic=torch.tensor([[0, 1], [2, 0]])),  # 3 of 4 pixels
+        Prediction("b", 1, 4, panoptic=torch.tensor([[1, 2, 2, 2]], dtype=torch.int32)),  # 3 of 4
+    ]
+    assert parallel_row._agreement(other, [semantic, panoptic]) == pytest.approx(6 / 8)
+    assert parallel_row._agreement([semantic], [semantic]) == 1.0
