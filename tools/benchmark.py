@@ -21,7 +21,12 @@ samples (``make bench`` runs the quick mode).
 8. "variants" (with ``--full`` or ``--rows variants``): R50 and Swin-T at 512x683 with
    MODEL.MASK_FORMER.TEST.PRECISION auto, compiled (TEST.COMPILE; the first call, which
    compiles, timed apart) and both, and sliding-window inference (TEST.MODE slide) of a
-   1024x1024 image; against a baseline these compare with the baseline's defaults.
+   1024x1024 image; against a baseline these compare with the baseline's defaults;
+9. "hf" (with ``--full`` or ``--rows hf``): Hugging Face transformers' MaskFormer (its model and
+   ``post_process_semantic_segmentation``, float32) against this project's float32, auto and
+   auto + compiled models on the same converted weights, R50 and Swin-T layouts at 512x683;
+10. "parallel" (with ``--full`` or ``--rows parallel``): images/s of the Predictor (batch 1
+   and 4) and of the demo's ``--parallel 2`` worker processes, 8 R50 images of 512x683.
 
 The measurements live in the package ``mask_former.benchmark``; this script parses the
 arguments and prints the tables.

@@ -21,7 +21,6 @@ both on this project's padded input and post-processing both outputs HF's way.
 Shape shorthand in this module: Q queries, K classes, H, W image height and width.
 """
 
-import contextlib
 import importlib.util
 import json
 import logging
@@ -30,13 +29,13 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .report import fmt_ms, markdown
-from .worker import summarize
+from .worker import summarize, torch_threads
 
 __all__ = [
     "BACKBONES",
@@ -46,7 +45,6 @@ __all__ = [
     "hf_config",
     "hf_table",
     "seeded_weights",
-    "torch_threads",
 ]
 
 logger = logging.getLogger("benchmark")
@@ -305,18 +303,6 @@ def _network_agreement(
         ours = _hf_post_processing(out["pred_logits"].float(), out["pred_masks"].float())
         same[name] = (ours == hf_map).double().mean().item()
     return same
-
-
-@contextlib.contextmanager
-def torch_threads(num: int) -> Iterator[None]:
-    """torch's intra-op thread count set to ``num`` (if positive) for the block."""
-    before = torch.get_num_threads()
-    if num > 0:
-        torch.set_num_threads(num)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _timed(call: Callable) -> Tuple[float, torch.Tensor]:

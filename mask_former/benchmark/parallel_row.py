@@ -24,9 +24,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .hf_row import torch_threads
 from .report import fmt_ms, markdown
-from .worker import save_seeded_weights, summarize
+from .worker import save_seeded_weights, summarize, torch_threads
 
 __all__ = ["bench_parallel", "noise_arrays", "parallel_table"]
 

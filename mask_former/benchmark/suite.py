@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from . import rows
+from . import hf_row, parallel_row, rows
 from .report import (
     evaluation_table,
     inference_table,
@@ -45,10 +45,21 @@ R50 = "configs/ade20k-150/maskformer_R50_bs16_160k.yaml"
 SWIN_T = "configs/ade20k-150/swin/maskformer_swin_tiny_bs16_160k.yaml"
 R50_PANOPTIC = "configs/coco-panoptic/maskformer_panoptic_R50_bs64_554k.yaml"
 R50_FULL = "configs/ade20k-full-847/maskformer_R50_bs16_200k.yaml"
-ROWS = ("peak", "inference", "variants", "train", "matcher", "mapper", "evaluation", "onnx")
-# The default rows of quick mode; "variants" (its compiles take minutes) runs in --full mode or
-# when named with --rows.
-QUICK_ROWS = tuple(r for r in ROWS if r != "variants")
+ROWS = (
+    "peak",
+    "inference",
+    "variants",
+    "hf",
+    "parallel",
+    "train",
+    "matcher",
+    "mapper",
+    "evaluation",
+    "onnx",
+)
+# The default rows of quick mode; "variants", "hf" and "parallel" (their compiles and worker
+# pools take minutes) run in --full mode or when named with --rows.
+QUICK_ROWS = tuple(r for r in ROWS if r not in ("variants", "hf", "parallel"))
 # Opts of the "variants" row: what a user can switch on, against the defaults (float32, eager).
 AUTO = ["MODEL.MASK_FORMER.TEST.PRECISION", "auto"]
 COMPILE = ["MODEL.MASK_FORMER.TEST.COMPILE", "True"]
@@ -173,9 +184,34 @@ def _model_rows(s: Settings, run: Run, mode: Dict, results: Dict, emit: Callable
         write_json(results, s.json)
 
 
+def _side_by_side_rows(s: Settings, mode: Dict, results: Dict, emit: Callable) -> None:
+    """Rows "hf" (against Hugging Face's MaskFormer) and "parallel" (the demo's --parallel)."""
+    env = results["environment"]
+    if "hf" in s.rows and s.device == "cpu":
+        start = time.perf_counter()
+        repeats = mode["repeats"][1]
+        results["hf"] = [
+            entry
+            for backbone in hf_row.BACKBONES
+            for entry in hf_row.bench_hf(backbone, (512, 683), repeats, s.threads, s.seed)
+        ]
+        emit(hf_row.hf_table(results["hf"], env))
+        _log_duration("hf", start)
+        write_json(results, s.json)
+    if "parallel" in s.rows and s.device == "cpu":
+        start = time.perf_counter()
+        results["parallel"] = parallel_row.bench_parallel(
+            R50, 8, (512, 683), (2,), s.threads, s.seed
+        )
+        emit(parallel_row.parallel_table(results["parallel"], env))
+        _log_duration("parallel", start)
+        write_json(results, s.json)
+
+
 def _local_rows(s: Settings, mode: Dict, results: Dict, emit: Callable) -> None:
     """Rows 3, 4, 5 and 7 (in this process, on this checkout)."""
     env = results["environment"]
+    _side_by_side_rows(s, mode, results, emit)
     if "matcher" in s.rows:
         results["matcher"] = rows.bench_matcher(s.device, mode["matcher_repeats"])
         emit(matcher_table(results["matcher"], env))

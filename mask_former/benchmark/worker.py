@@ -30,7 +30,7 @@ import resource
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ __all__ = [
     "summarize",
     "sync",
     "time_calls",
+    "torch_threads",
     "voronoi_segments",
 ]
 
@@ -83,6 +84,18 @@ def time_calls(fn: Callable[[], object], warmup: int, repeats: int, device: str)
         if i >= warmup:
             samples.append(time.perf_counter() - start)
     return samples
+
+
+@contextlib.contextmanager
+def torch_threads(num: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``num`` (if positive) for the block."""
+    before = torch.get_num_threads()
+    if num > 0:
+        torch.set_num_threads(num)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def summarize(seconds: Sequence[float]) -> Dict[str, object]:
