@@ -114,6 +114,7 @@ def inference_cases(run: Run, mode: Dict, full: bool) -> List[Dict]:
         inference_case(run, "R50 semantic", R50, (512, 512), reps, mode["warmup"]),
         inference_case(run, "Swin-T semantic", SWIN_T, (512, 512), reps, mode["warmup"]),
         inference_case(run, "R50 semantic", R50, (512, 683), {1: reps[1]}, mode["warmup"]),
+        inference_case(run, "Swin-T semantic", SWIN_T, (512, 683), {1: reps[1]}, mode["warmup"]),
     ]
     if full:
         one = {1: reps[1]}

@@ -25,6 +25,8 @@ from typing import Callable, Dict, Optional, Set, Tuple
 import torch
 from torch import nn
 
+from .precision import inference_autocast_dtype
+
 __all__ = ["CompiledNetwork", "MAX_COMPILED_SHAPES"]
 
 logger = logging.getLogger(__name__)
@@ -36,21 +38,38 @@ MAX_COMPILED_SHAPES = 4
 BACKEND = "inductor"
 INDUCTOR_OPTIONS = {"freezing": True}
 
-ShapeKey = Tuple[Tuple[int, ...], torch.dtype, str, str]
+ShapeKey = Tuple[Tuple[int, ...], torch.dtype, str, Optional[torch.dtype]]
+
+
+class _Network(nn.Module):
+    """``network(backbone, sem_seg_head, images, dtype)`` as a module: what is compiled, so
+    that the weights are the module's attributes (constants to inductor's freezing)."""
+
+    def __init__(self, network: Callable, backbone: nn.Module, sem_seg_head: nn.Module):
+        super().__init__()
+        self.network = network
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+
+    def forward(self, images: torch.Tensor, dtype: Optional[torch.dtype]) -> Dict:
+        return self.network(self.backbone, self.sem_seg_head, images, dtype)
 
 
 class CompiledNetwork:
     """
-    ``network(backbone, sem_seg_head, images, precision)`` through ``torch.compile``, made on
-    first use and bounded to ``max_shapes`` input shapes; a plain object (not an
-    ``nn.Module``), so the model that holds it keeps its parameters and keys.
+    ``network(backbone, sem_seg_head, images, dtype)`` through ``torch.compile``, made on first
+    use and bounded to ``max_shapes`` input shapes; a plain object (not an ``nn.Module``), so
+    the model that holds it keeps its parameters and keys. Called like
+    :func:`~.meta_arch.inference_outputs`, with TEST.PRECISION resolved to an autocast dtype
+    outside the compiled graph (its once-only log lines would otherwise recompile it).
     """
 
     def __init__(self, network: Callable, max_shapes: int = MAX_COMPILED_SHAPES):
         """
         Args:
-            network: ``(backbone, sem_seg_head, images (B, 3, H, W), precision) -> outputs``.
-            max_shapes: distinct (shape, dtype, device, precision) inputs to compile.
+            network: ``(backbone, sem_seg_head, images (B, 3, H, W), dtype) -> outputs``, free
+                of side effects (:func:`~.meta_arch.network_outputs`).
+            max_shapes: distinct (shape, dtype, device, autocast dtype) inputs to compile.
         """
         self.network = network
         self.max_shapes = max_shapes
@@ -85,27 +104,26 @@ class CompiledNetwork:
             return False
         self._shapes.add(key)
         logger.info(
-            "MODEL.MASK_FORMER.TEST.COMPILE: compiling the network for input %s (%s); the "
-            "first call of each shape takes a while",
+            "MODEL.MASK_FORMER.TEST.COMPILE: compiling the network for input %s; the first "
+            "call of each shape takes a while",
             tuple(key[0]),
-            key[3],
         )
         return True
 
     def __call__(
         self, backbone: nn.Module, sem_seg_head: nn.Module, images: torch.Tensor, precision: str
     ) -> Dict[str, torch.Tensor]:
-        key = (tuple(images.shape), images.dtype, str(images.device), precision)
+        dtype = inference_autocast_dtype(precision, images.device.type)
+        key = (tuple(images.shape), images.dtype, str(images.device), dtype)
         if torch.is_grad_enabled() or not self._admit(key):
-            return self.network(backbone, sem_seg_head, images, precision)
+            return self.network(backbone, sem_seg_head, images, dtype)
         if self._compiled is None:
             _import_cpp_extension_quietly()
             cpu_inductor = BACKEND == "inductor" and images.device.type == "cpu"
             options = INDUCTOR_OPTIONS if cpu_inductor else None
-            self._compiled = torch.compile(
-                self.network, backend=BACKEND, dynamic=False, options=options
-            )
-        return self._compiled(backbone, sem_seg_head, images, precision)
+            module = _Network(self.network, backbone, sem_seg_head)
+            self._compiled = torch.compile(module, backend=BACKEND, dynamic=False, options=options)
+        return self._compiled(images, dtype)
 
 
 def _import_cpp_extension_quietly() -> None:

@@ -13,7 +13,7 @@ Shape shorthand in this module:
 """
 
 import logging
-from typing import Dict, List, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -45,6 +45,7 @@ __all__ = [
     "group_by_padded_size",
     "image_inference",
     "inference_outputs",
+    "network_outputs",
     "loss_weights",
     "padded_image_size",
     "prepare_targets",
@@ -196,15 +197,29 @@ def inference_outputs(
 ) -> Dict[str, torch.Tensor]:
     """
     The network's last-layer outputs in inference: "pred_logits" (B, Q, K + 1) and
-    "pred_masks" (B, Q, H/4, W/4), float32, from normalised padded images (B, 3, H, W).
-    On the CPU the images enter a convolutional backbone in channels-last layout (oneDNN's
-    convolutions are faster on it, at identical results; a backbone whose class sets
-    ``channels_last_input = False``, such as Swin, gets them as they are); ``precision``
-    (TEST.PRECISION) may autocast the network.
+    "pred_masks" (B, Q, H/4, W/4), float32, from normalised padded images (B, 3, H, W), with
+    the autocast dtype that ``precision`` (TEST.PRECISION) gives on the images' device
+    (:func:`network_outputs`).
+    """
+    dtype = inference_autocast_dtype(precision, images.device.type)
+    return network_outputs(backbone, sem_seg_head, images, dtype)
+
+
+def network_outputs(
+    backbone: nn.Module,
+    sem_seg_head: nn.Module,
+    images: torch.Tensor,
+    dtype: Optional[torch.dtype],
+) -> Dict[str, torch.Tensor]:
+    """
+    :func:`inference_outputs` with the autocast ``dtype`` given (None: float32); free of
+    side effects, so that it compiles into one graph. On the CPU the images enter a
+    convolutional backbone in channels-last layout (oneDNN's convolutions are faster on it, at
+    identical results; a backbone whose class sets ``channels_last_input = False``, such as
+    Swin, gets them as they are).
     """
     if images.device.type == "cpu" and getattr(backbone, "channels_last_input", True):
         images = images.contiguous(memory_format=torch.channels_last)
-    dtype = inference_autocast_dtype(precision, images.device.type)
     with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
         outputs = sem_seg_head(backbone(images))
     return {key: outputs[key].float() for key in ("pred_logits", "pred_masks")}
@@ -331,7 +346,7 @@ class MaskFormer(nn.Module):
         self.slide_crop_size = tuple(slide_crop_size)
         self.slide_stride = tuple(slide_stride)
         # A plain object, not a submodule: the state_dict keys stay those of the eager model.
-        self.compiled_network = CompiledNetwork(inference_outputs) if test_compile else None
+        self.compiled_network = CompiledNetwork(network_outputs) if test_compile else None
 
     @classmethod
     def from_config(cls, cfg):

@@ -280,3 +280,18 @@ def test_inference_makes_no_full_resolution_tensor_per_query(small_bands):
     num_queries, num_classes = 16, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     assert recorder.largest <= num_classes * height * width, recorder.op
     assert recorder.largest < num_queries * height * width
+
+
+def test_whole_upsampling_equals_the_padded_upsampling_cropped():
+    g = torch.Generator().manual_seed(6)
+    low = torch.randn((4, 5, 6), generator=g) * 4
+    resized = resize_mask_logits(low, (20, 24), (19, 22), (19, 22))
+    assert resized.upsample_scales == (4.0, 4.0)
+    padded = F.interpolate(low[None], size=(20, 24), mode="bilinear", align_corners=False)[0]
+    # All rows at once: the upsampling kernel, bit for bit the padded upsampling cropped.
+    assert torch.equal(resized.full(), padded[:, :19, :22])
+    assert torch.equal(resized.full(torch.tensor([2, 0])), padded[[2, 0], :19, :22])
+    # A band: the resize matrices, equal within rounding.
+    torch.testing.assert_close(resized.band(3, 9), padded[:, 3:9, :22], rtol=0, atol=1e-5)
+    # A resize after the crop is no plain upsampling: the matrices make every row.
+    assert resize_mask_logits(low, (20, 24), (19, 22), (30, 22)).upsample_scales is None
