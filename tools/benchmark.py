@@ -5,8 +5,8 @@ Benchmark MaskFormer on this machine: markdown tables on stdout and a JSON file 
 samples (``make bench`` runs the quick mode).
 
 1. inference latency and images/s, batch 1 and 4: R50 and Swin-T semantic (ADE20K-150
-   configs) at 512x512 and at 512x683 (batch 1) and, with ``--full``, R50 ADE20K-full (847 classes) at 512x683 and R50
-   panoptic (COCO) at 800x1216;
+   configs) at 512x512 and at 512x683 (batch 1) and, with ``--full``, R50 ADE20K-full (847
+   classes) at 512x683 and R50 panoptic (COCO) at 800x1216;
 2. one training iteration (forward + backward of the summed losses, no optimizer step) of the
    R50 semantic config, batch 2 at 512x512, with 3 and 24 Voronoi ground-truth segments, with
    the full-resolution and the point-sampled (12544 points) loss, and its peak memory;
