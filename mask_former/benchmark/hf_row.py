@@ -28,14 +28,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .report import fmt_ms, markdown
-from .worker import summarize, torch_threads
+from .worker import summarize, time_calls, torch_threads
 
 __all__ = [
     "BACKBONES",
@@ -307,9 +306,9 @@ def _network_agreement(
 
 def _timed(call: Callable) -> Tuple[float, torch.Tensor]:
     """Seconds of one call of ``call``, and what it returned."""
-    start = time.perf_counter()
-    out = call()
-    return time.perf_counter() - start, out
+    out = []
+    (seconds,) = time_calls(lambda: out.append(call()), 0, 1, "cpu")
+    return seconds, out[0]
 
 
 def _alternate(

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .report import fmt_ms, markdown
-from .worker import save_seeded_weights, summarize, torch_threads
+from .worker import save_seeded_weights, summarize, time_calls, torch_threads
 
 __all__ = ["bench_parallel", "noise_arrays", "parallel_table"]
 
@@ -60,13 +60,12 @@ def _rounds(
     Seconds of each of ``repeats`` calls ``predict(images)`` after ``warmup`` untimed ones,
     and the last predictions.
     """
-    seconds, predictions = [], []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        predictions = predict(images)
-        if i >= warmup:
-            seconds.append(time.perf_counter() - start)
-    return seconds, predictions
+    predictions: List = []
+
+    def call() -> None:
+        predictions[:] = predict(images)
+
+    return time_calls(call, warmup, repeats, "cpu"), predictions
 
 
 def _pool_predict(pool, images: List[np.ndarray]) -> List:
