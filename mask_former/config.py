@@ -119,6 +119,11 @@ def _add_solver_config(cfg: CN) -> None:
     # natively (mask_former.utils.cpu.cpu_supports_native_bfloat16) and in float32 otherwise,
     # where bfloat16 is much slower; "bfloat16" or "float32" force one. CUDA ignores it (float16).
     cfg.SOLVER.AMP.CPU_PRECISION = "auto"
+    # > 0: train for about this many minutes (the loop; the final evaluation comes after it).
+    # SOLVER.MAX_ITER is then the longest schedule: the step time measured over iterations 20 to
+    # 120 shortens it (LR decay, final checkpoint and evaluation) to the multiple of 100 iterations
+    # that fits (mask_former.engine.time_budget). 0: exactly SOLVER.MAX_ITER iterations.
+    cfg.SOLVER.TIME_BUDGET_MINUTES = 0.0
 
 
 def _add_model_config(cfg: CN) -> None:

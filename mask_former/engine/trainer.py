@@ -46,6 +46,7 @@ from ..data.samplers import ResumableTrainingSampler, aspect_ratio_groups
 from ..utils import cpu as cpu_utils
 from .evaluation import build_evaluator
 from .optimizer import build_optimizer
+from .time_budget import AdjustableLengthLoop, TimeBudget
 from .tta import SemanticSegmentorWithTTA
 from .writers import CheckpointAlignedWriter, MetricsJSONWriter
 
@@ -209,7 +210,7 @@ def _train_sampler(cfg: CfgNode, dataset: List[dict]) -> Optional[ResumableTrain
     )
 
 
-class Trainer(DefaultTrainer):
+class Trainer(DefaultTrainer, AdjustableLengthLoop):
     """
     DefaultTrainer for MaskFormer: the train loader uses the mapper named by
     INPUT.DATASET_MAPPER_NAME, the optimizer is :func:`mask_former.engine.build_optimizer`, the LR
@@ -271,8 +272,9 @@ class Trainer(DefaultTrainer):
 
     def train(self) -> Optional[Dict]:
         """
-        Train from ``start_iter`` to SOLVER.MAX_ITER; returns the results of the last evaluation
-        (the one that ends training), or None if no evaluation ran.
+        Train from ``start_iter`` to SOLVER.MAX_ITER (or fewer iterations, chosen by the time
+        budget of SOLVER.TIME_BUDGET_MINUTES); returns the results of the last evaluation (the one
+        that ends training), or None if no evaluation ran.
         """
         super().train()
         return getattr(self, "_last_eval_results", None)
@@ -386,12 +388,18 @@ class Trainer(DefaultTrainer):
     def build_hooks(self) -> List[hooks.HookBase]:
         """
         DefaultTrainer's hooks, with the checkpointer moved last and a writer that also writes at
-        every checkpoint: a checkpoint is saved after its iteration's evaluation and metrics.
+        every checkpoint: a checkpoint is saved after its iteration's evaluation and metrics. With
+        SOLVER.TIME_BUDGET_MINUTES, :class:`mask_former.engine.time_budget.TimeBudget` comes first.
         """
         built = super().build_hooks()
         writers = [h for h in built if isinstance(h, hooks.PeriodicWriter)]
         checkpointers = [h for h in built if isinstance(h, hooks.PeriodicCheckpointer)]
         built = [h for h in built if h not in writers and h not in checkpointers]
+        budget = self.cfg.SOLVER.TIME_BUDGET_MINUTES
+        if budget < 0:
+            raise ValueError(f"SOLVER.TIME_BUDGET_MINUTES must be >= 0 (0: off), got {budget}")
+        if budget > 0:
+            built.insert(0, TimeBudget(budget))
         self._metrics_writers: List[EventWriter] = []
         for writer in writers:
             aligned = CheckpointAlignedWriter(
