@@ -67,9 +67,9 @@ def _final_metrics(out_dir: str) -> Dict[str, float]:
     return evals[-1]
 
 
-def _copypaste_lines(out_dir: str) -> List[str]:
+def _result_lines(out_dir: str) -> List[str]:
     with open(os.path.join(out_dir, "log.txt")) as f:
-        return [line.rstrip() for line in f if "copypaste:" in line]
+        return [line.rstrip() for line in f if "copypaste:" in line or "Time budget" in line]
 
 
 def main() -> None:
@@ -126,8 +126,9 @@ def main() -> None:
 
     metrics = _final_metrics(os.path.join(REPO, out))
     print("\n=== results (shapes val)")
-    for line in _copypaste_lines(os.path.join(REPO, out)):
+    for line in _result_lines(os.path.join(REPO, out)):
         print(line)
+    print(f"iterations trained: {metrics.get('iteration', '?')}")
     for key, target in TARGETS.items():
         value = metrics.get(key, float("nan"))
         verdict = "ok" if value >= target else "BELOW TARGET"
