@@ -79,7 +79,8 @@ class TimeBudget(hooks.HookBase):
     comes after it): the mean step time over iterations ``probe_start`` to ``probe_end`` (after
     the first, slower steps) gives the iterations that fit, rounded down to a multiple of
     ``round_to``, at most the trainer's ``max_iter`` and at least ``probe_end``. In several
-    processes, the smallest of their estimates.
+    processes, the smallest of their estimates. A run resumed at or after ``probe_start`` from a
+    checkpoint without a chosen length keeps the trainer's ``max_iter``.
     """
 
     def __init__(
@@ -110,8 +111,8 @@ class TimeBudget(hooks.HookBase):
 
     def after_step(self) -> None:
         done = self.trainer.iter + 1
-        if self._chosen is not None or self.trainer.start_iter > self._probe[0]:
-            return
+        if self._chosen is not None or self.trainer.start_iter >= self._probe[0]:
+            return  # chosen already, or resumed past the probe's start without a chosen length
         if done == self._probe[0]:
             self._probe_start_time = self._clock()
         elif done == self._probe[1]:

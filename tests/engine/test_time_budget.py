@@ -108,3 +108,25 @@ def test_budget_off_by_default_and_negative_is_an_error(datasets_root, tmp_path)
     assert not any(isinstance(h, TimeBudget) for h in trainer._hooks)
     with pytest.raises(ValueError, match="SOLVER.TIME_BUDGET_MINUTES must be >= 0"):
         Trainer(tiny_cfg(str(tmp_path / "b"), **{"SOLVER.TIME_BUDGET_MINUTES": -1.0}))
+
+
+def test_resumed_at_probe_start_without_chosen_length_keeps_max_iter(datasets_root, tmp_path):
+    out = str(tmp_path / "run")
+    # A run without a budget, interrupted after its checkpoint of iteration 1 (iterations 0, 1).
+    plain = _cfg(out, 0.0, **{"SOLVER.MAX_ITER": 12, "SOLVER.CHECKPOINT_PERIOD": 2})
+    plain.DATASETS.TEST = ()
+    trainer = Trainer(plain)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write("model_0000001.pth")
+    # Resumed with a budget whose probe starts at iteration 2: no step of it was timed, so the
+    # run keeps its 12 iterations (the clock would otherwise give 8: 5 s per iteration, 20 s of
+    # the half minute left at iteration 4).
+    budgeted = plain.clone()
+    budgeted.SOLVER.TIME_BUDGET_MINUTES = 0.5
+    resumed = _budgeted_trainer(budgeted, [0.0, 10.0, 20.0])
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 2
+    resumed.train()
+    assert resumed.iter == 12
