@@ -80,7 +80,8 @@ class TimeBudget(hooks.HookBase):
     the first, slower steps) gives the iterations that fit, rounded down to a multiple of
     ``round_to``, at most the trainer's ``max_iter`` and at least ``probe_end``. In several
     processes, the smallest of their estimates. A run resumed at or after ``probe_start`` from a
-    checkpoint without a chosen length keeps the trainer's ``max_iter``.
+    checkpoint without a chosen length keeps the trainer's ``max_iter``. Periodic evaluations
+    (TEST.EVAL_PERIOD) after the probe are not foreseen: they make the run that much longer.
     """
 
     def __init__(
@@ -120,7 +121,7 @@ class TimeBudget(hooks.HookBase):
 
     def _choose(self, done: int) -> None:
         now = self._clock()
-        per_iter = (now - self._probe_start_time) / (self._probe[1] - self._probe[0])
+        per_iter = max(now - self._probe_start_time, 1e-9) / (self._probe[1] - self._probe[0])
         remaining = self._seconds - (now - self._loop_start)
         fits = done + int(max(remaining, 0.0) / per_iter)
         fits = max(fits // self._round_to * self._round_to, done)
