@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .report import fmt_ms, markdown
+from .rows import REPO
 from .worker import summarize, time_calls, torch_threads
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
 
 logger = logging.getLogger("benchmark")
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONVERTER = os.path.join(REPO, "tools", "convert-hf-maskformer-to-d2.py")
 BACKBONES = ("R50", "Swin-T")
 HF_NAME = "HF transformers float32"

@@ -25,13 +25,12 @@ import numpy as np
 import torch
 
 from .report import fmt_ms, markdown
+from .rows import REPO
 from .worker import save_seeded_weights, summarize, time_calls, torch_threads
 
 __all__ = ["bench_parallel", "noise_arrays", "parallel_table"]
 
 logger = logging.getLogger("benchmark")
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def noise_arrays(num: int, size: Tuple[int, int], seed: int) -> List[np.ndarray]:
